@@ -93,7 +93,7 @@ class Cache:
 
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> float32 in [0, 1]."""
-    return torch.as_tensor(np.asarray(images)).float().div_(255.0)
+    return torch.as_tensor(np.array(images)).float().div_(255.0)  # copy: memmaps are read-only
 
 
 class CacheDataset(Dataset):
