@@ -70,23 +70,480 @@ def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", *
 # `_add_NAME(parser)` declares its options and `_run_NAME(args)` runs it (returns an exit code).
 
 COMMANDS: dict[str, str] = {
+    "run": "the main job: prepare, train on local Ray, vectors, judge, audit, then open the editor",
+    "prepare": "decode, crop and resize a CelebA folder once into a dataset cache",
+    "synth": "render synthetic faces with real CelebA label rows into a CelebA-layout folder",
+    "serve": "serve the face editor (Gradio page and API) for a model bundle and vector bank",
+    "vectors": "encode the train split and compute every attribute's vector by every method (a bank)",
+    "edit": "edit one photo with attribute vectors: original | reconstruction | edit, or a strip",
+    "judge": "train the audit's judge: an image attribute classifier independent of the VAE",
+    "audit": "edit held-out faces by every vector, re-score them with the judge, write the bias report",
+    "train": "train the VAE on a dataset cache and write its model bundle (--workers N: on Ray)",
+    "sample": "draw faces from a VAE bundle's prior into one PNG grid",
+    "reconstruct": "encode and decode photos with a bundle: a PNG grid, originals above reconstructions",
+    "pca": "fit the PCA baseline of the same D on a cache's train split; print its val PSNR",
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_prepare(p: argparse.ArgumentParser) -> None:
+    from faceedit.prepare import PrepareConfig
+
+    p.add_argument("--data", type=Path, required=True,
+                   help="CelebA folder: img_align_celeba/ + list_attr_celeba.txt (or torchvision's DIR/celeba/)")
+    p.add_argument("--out", type=Path, required=True, help="cache folder to write (replaced atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, PrepareConfig)
+
+
+def _run_prepare(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from faceedit.cache import Cache
+    from faceedit.prepare import PrepareConfig, prepare
+
+    config = dataclass_from_args(PrepareConfig, args)
+    out = prepare(args.data, args.out, progress=not args.quiet, **asdict(config))
+    manifest = Cache.open(out).manifest
+    summary = {k: manifest[k] for k in ("count", "size", "content_hash")}
+    summary.update(split=manifest["split"]["source"], counts=manifest["split"]["counts"],
+                   duplicates=manifest["duplicates"], skipped=manifest["skipped"]["count"])
+    print(f"wrote {out}: {json.dumps(summary)}")
+    return 0
+
+
+def _add_synth(p: argparse.ArgumentParser) -> None:
+    from faceedit.synth import SynthConfig
+
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder to write: img_align_celeba/, list_attr_celeba.txt, list_eval_partition.txt")
+    p.add_argument("-n", "--n", dest="n", type=int, default=SynthConfig.n,
+                   help=f"faces to render (default: {SynthConfig.n})")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing, different folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, SynthConfig, exclude=("n",))
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from faceedit.synth import SynthConfig, render_dataset
+
+    config = dataclass_from_args(SynthConfig, args)
+    out = render_dataset(args.out, overwrite=args.overwrite, progress=not args.quiet, **asdict(config))
+    print(f"wrote {out}: {config.n} faces, seed {config.seed}")
+    return 0
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle folder (made by `faceedit run`)")
+    p.add_argument("--bank", type=Path, default=None, help="attribute vector bank folder (made by `faceedit run`)")
+    p.add_argument("--cache", type=Path, default=None, help="cache to take example faces from "
+                   "(default: the bundle's training cache, found by its hash beside the bundle)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this "
+                   "machine only; 0.0.0.0 exposes the editor to the network)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    missing = [f"--{name} {path or '(not given)'}" for name, path in (("bundle", args.bundle), ("bank", args.bank))
+               if path is None or not Path(path).is_dir()]
+    if missing:
+        print(f"faceedit serve: no model to serve ({'; '.join(missing)}).\n"
+              "Make a bundle and a bank with the main job, `./run.sh` (or `faceedit run`), then e.g.\n"
+              "  faceedit serve --bundle runs/<run>/bundle --bank runs/<run>/bank", file=sys.stderr)
+        return 2
+    from ui.app import serve  # Gradio is imported here only
+
+    serve(args.bundle, args.bank, host=args.host, port=args.port, share=args.share, cache=args.cache)
+    return 0
+
+
+def _add_vectors(p: argparse.ArgumentParser) -> None:
+    from faceedit.bank import BankConfig
+
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle folder (faceedit train)")
+    p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit prepare)")
+    p.add_argument("--out", type=Path, required=True, help="bank folder to write (replaced atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, BankConfig)
+
+
+def _run_vectors(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from faceedit.bank import BankConfig, build_bank, bundle_digest
+    from faceedit.bundle import load_bundle
+    from faceedit.cache import Cache
+
+    config = dataclass_from_args(BankConfig, args)
+    bundle, cache = load_bundle(args.bundle), Cache.open(args.cache)
+    start = time.perf_counter()
+    bank = build_bank(bundle.model, cache, config, bundle_hash=bundle_digest(bundle.path),
+                      progress=not args.quiet)
+    bank.save(args.out)
+    summary = dict(bank.summary(), seconds=round(time.perf_counter() - start, 1), stages=bank.timing)
+    print(f"wrote {args.out}: {json.dumps(summary)}")
+    return 0
+
+
+def _add_edit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", type=Path, nargs="?", default=None,
+                   help="any face photo (JPEG/PNG/WebP, any size; cropped like the cache)")
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
+    p.add_argument("--bank", type=Path, required=True, help="attribute bank folder (faceedit vectors)")
+    p.add_argument("--cache", type=Path, default=None, help="instead of a photo: faces of this cache's "
+                   "val split (see --val-faces)")
+    p.add_argument("--val-faces", type=int, nargs="+", default=[0], metavar="I",
+                   help="with --cache: positions in the val split of the faces to edit (default: 0)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="ATTR=STRENGTH",
+                   help="an edit, in units of the vector's length, e.g. --set Smiling=+1.5 --set "
+                        "Eyeglasses=-1 (repeatable; negative removes the attribute)")
+    p.add_argument("--method", default="balanced", help="naive | balanced | projection | boundary | "
+                   "boundary_plain (default: balanced)")
+    p.add_argument("--strip", metavar="ATTR", default=None, help="instead of --set: write White's "
+                   "Figure 7 strip of ATTR (rows: --strip-methods, columns: --strengths)")
+    p.add_argument("--strip-methods", nargs="+", default=["naive", "balanced"],
+                   help="rows of the strip (default: naive balanced)")
+    p.add_argument("--strengths", nargs="+", type=float, default=[-2.0, -1.0, 0.0, 1.0, 2.0],
+                   help="columns of the strip (default: -2 -1 0 1 2)")
+    p.add_argument("--scale", type=int, default=2, help="enlarge faces this many times, "
+                   "nearest-neighbour (default: 2)")
+    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+
+
+def _run_edit(args: argparse.Namespace) -> int:
+    import torch
+
+    from faceedit.bank import AttributeBank, bundle_digest
+    from faceedit.bundle import load_bundle
+    from faceedit.edit import edit, image_grid, parse_strengths, png_bytes, strip
+    from faceedit.files import atomic_write_bytes
+
+    if (args.strip is None) == (not args.sets):
+        raise ValueError("give either --set ATTR=STRENGTH (one or more) or --strip ATTR")
+    strengths = parse_strengths(args.sets)
+    bundle, bank = load_bundle(args.bundle), AttributeBank.load(args.bank)
+    model = bundle.model
+    if bank.dim != model.config.latent_dim:
+        raise ValueError(f"{args.bank}: vectors of dimension {bank.dim}, but the bundle's latent has "
+                         f"{model.config.latent_dim}; build the bank from this bundle (faceedit vectors)")
+    if bank.info.get("source", {}).get("bundle_hash") not in (None, "", bundle_digest(bundle.path)):
+        print(f"faceedit edit: warning: {args.bank} was built from another bundle", file=sys.stderr)
+    x = _edit_faces(args, model.config.image_size)  # (F, 3, S, S) float in [0, 1]
+    with torch.no_grad():
+        z = model.encode(x)[0]  # (F, D)
+        if args.strip is not None:
+            img = strip(model, z, bank, args.strip, args.strip_methods, args.strengths, args.scale)
+        else:
+            recon, edited = model.decode(z), model.decode(edit(z, strengths, bank, args.method))
+            img = image_grid([[x[f], recon[f], edited[f]] for f in range(len(x))],
+                             col_labels=["original", "reconstruction", "edit"], scale=args.scale)
+    atomic_write_bytes(args.out, png_bytes(img))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _add_judge(p: argparse.ArgumentParser) -> None:
+    from faceedit.judge import JudgeConfig
+    from faceedit.trainer import TrainConfig
+
+    p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit prepare); "
+                   "the judge trains on its train split and is scored on its val split")
+    p.add_argument("--out", type=Path, required=True, help="judge bundle folder to write (atomically)")
+    add_dataclass_args(p, JudgeConfig)
+    add_dataclass_args(p, TrainConfig)
+    p.set_defaults(epochs=8, batch_size=128, lr=3e-3)  # a small CNN: a few epochs suffice
+
+
+def _run_judge(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from faceedit.attributes import ATTRIBUTES
+    from faceedit.cache import Cache
+    from faceedit.judge import JudgeConfig, save_judge, train_judge
+    from faceedit.trainer import TrainConfig
+
+    cache = Cache.open(args.cache)
+    config, train = dataclass_from_args(JudgeConfig, args), dataclass_from_args(TrainConfig, args)
+    result = train_judge(cache, config, train)
+    save_judge(args.out, result, {"cache": cache.hash, "training": asdict(train)})
+    summary = {"auc_mean": round(float(result.auc[result.auc == result.auc].mean()), 4),
+               "cannot_judge": [a for a, ok in zip(ATTRIBUTES, result.can_judge) if not ok]}
+    print(f"wrote {args.out}: {json.dumps(summary)}")
+    return 0
+
+
+def _add_audit(p: argparse.ArgumentParser) -> None:
+    from faceedit.audit import AuditConfig
+
+    p.add_argument("--bundle", type=Path, required=True, help="VAE bundle folder (faceedit train)")
+    p.add_argument("--bank", type=Path, required=True, help="attribute bank folder (faceedit vectors)")
+    p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit prepare)")
+    p.add_argument("--judge", type=Path, required=True, help="judge bundle folder (faceedit judge)")
+    p.add_argument("--out", type=Path, required=True, help="report folder to write (replaced atomically)")
+    p.add_argument("--workers", type=int, default=0, help="spread the edit-and-score batches over N "
+                   "Ray workers (0: in this process; the numbers are the same)")
+    p.add_argument("--device", default="cpu", help="where the in-process path decodes and scores: "
+                   "cpu, cuda, cuda:1 (default: cpu)")
+    p.add_argument("--pca-bundle", type=Path, default=None, help="a PCA bundle (kind pca) of the same D "
+                   "to use as the baseline, with --pca-bank (default: fit PCA on the train split here)")
+    p.add_argument("--pca-bank", type=Path, default=None, help="the attribute bank built on --pca-bundle")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, AuditConfig)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from faceedit.audit import AuditConfig, audit_folders
+
+    config = dataclass_from_args(AuditConfig, args)
+    runner = None
+    if args.workers:
+        from workers.audit import ray_runner
+
+        runner = ray_runner(args.workers, progress=not args.quiet)
+    result = audit_folders(str(args.bundle), str(args.bank), str(args.cache), str(args.judge),
+                           str(args.out), config, runner, progress=not args.quiet, device=args.device,
+                           pca_bundle=args.pca_bundle and str(args.pca_bundle),
+                           pca_bank=args.pca_bank and str(args.pca_bank))
+    print(f"wrote {args.out}: " + json.dumps({
+        "attributes": len(result["attributes"]), "edited_images": result["edited_images"],
+        "seconds": round(result["seconds"], 1), "faces_per_s": round(result["faces_per_s"], 1)}))
+    return 0
+
+
+def _edit_faces(args: argparse.Namespace, size: int):
+    """The faces `faceedit edit` works on: the photo, or val faces of --cache. -> (F, 3, S, S) float."""
+    from faceedit.cache import Cache, to_float
+    from faceedit.images import load_photo
+
+    if (args.image is None) == (args.cache is None):
+        raise ValueError("give either a photo (IMAGE) or --cache CACHE (with --val-faces)")
+    if args.image is not None:
+        return to_float(load_photo(args.image, size)[None])  # uint8 (3, S, S) -> (1, 3, S, S)
+    cache = Cache.open(args.cache)
+    if cache.size != size:
+        raise ValueError(f"{args.cache}: {cache.size} px faces, but the bundle takes {size} px")
+    val = cache.indices("val")
+    bad = [i for i in args.val_faces if not 0 <= i < len(val)]
+    if bad:
+        raise ValueError(f"--val-faces {bad}: the val split of {args.cache} has {len(val)} faces (0..{len(val) - 1})")
+    return to_float(cache.images[val[args.val_faces]])
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    from faceedit.model import VAEConfig
+    from faceedit.trainer import TrainConfig
+    from workers.train import RayConfig
+
+    p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit "
+                   "prepare): trains on its train split, validates on its val split; its image "
+                   "size sets the model's")
+    p.add_argument("--out", type=Path, required=True, help="model bundle folder to write (atomically)")
+    p.add_argument("--log-dir", type=Path, default=None, help="metrics.jsonl and figures/*.png of "
+                   "the run (default: <out>.log beside the bundle)")
+    p.add_argument("--workers", type=int, default=0, help="0 (default): the plain loop in this "
+                   "process; N >= 1: N Ray Train workers (DDP)")
+    add_dataclass_args(p, VAEConfig, exclude=("image_size",))
+    add_dataclass_args(p, TrainConfig)
+    add_dataclass_args(p, RayConfig)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import json
+
+    from faceedit.cache import Cache
+    from faceedit.model import VAEConfig
+    from faceedit.trainer import TrainConfig
+
+    cache = Cache.open(args.cache)
+    model_config = dataclass_from_args(VAEConfig, args, image_size=cache.size)
+    train_config = dataclass_from_args(TrainConfig, args)
+    log_dir = args.log_dir or args.out.with_name(args.out.name + ".log")
+    if args.workers >= 1:
+        from workers.train import RayConfig, train_on_ray
+
+        run = train_on_ray(args.cache, args.out, model_config, train_config, args.workers,
+                           dataclass_from_args(RayConfig, args), log_dir=log_dir)
+        metrics = run.metrics
+    else:
+        from faceedit.objective import train_vae
+        from faceedit.trainer import NonFiniteLoss
+
+        try:
+            metrics = train_vae(cache, args.out, model_config, train_config, log_dir).metrics
+        except NonFiniteLoss as e:
+            print(f"faceedit train: error: {e}", file=sys.stderr)
+            return 3
+    shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_") or k == "step"}
+    print(f"wrote {args.out} (log: {log_dir}): {json.dumps(shown)}")
+    return 0
+
+
+def _add_sample(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle folder (faceedit train)")
+    p.add_argument("-n", type=int, default=64, help="faces to draw (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="seed of z ~ N(0, I) (default: 0)")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write (atomically)")
+
+
+def _run_sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from faceedit.bundle import load_bundle
+    from faceedit.figures import grid, save_png
+
+    if args.n < 1:
+        raise ValueError(f"-n {args.n}: expected at least 1 face")
+    model = load_bundle(args.bundle).model
+    faces = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    save_png(args.out, grid(faces))
+    print(f"wrote {args.out}: {args.n} samples from {args.bundle}")
+    return 0
+
+
+def _add_reconstruct(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle folder (faceedit train)")
+    p.add_argument("images", type=Path, nargs="+", metavar="IMG", help="photos (JPEG, PNG, WebP): "
+                   "CelebA-style crops work best")
+    p.add_argument("--out", type=Path, required=True, help="PNG file to write (atomically)")
+
+
+def _run_reconstruct(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from faceedit.bundle import load_bundle
+    from faceedit.cache import to_float
+    from faceedit.figures import grid, save_png
+    from faceedit.images import load_photo
+    from faceedit.metrics import psnr
+
+    model = load_bundle(args.bundle).model
+    S = model.config.image_size
+    x = to_float(np.stack([load_photo(path, S) for path in args.images]))  # (B, 3, S, S)
+    with torch.no_grad():
+        recon = model.reconstruct(x)
+    save_png(args.out, grid(torch.cat([x, recon]), ncol=len(x)))
+    scores = {str(p): round(float(v), 2) for p, v in zip(args.images, psnr(recon, x))}
+    print(f"wrote {args.out}: PSNR (dB) {json.dumps(scores)}")
+    return 0
+
+
+def _add_pca(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit prepare)")
+    p.add_argument("--latent-dim", type=int, default=128, help="components D (default: 128, the VAE's)")
+    p.add_argument("--out", type=Path, default=None, help="also write the PCA as a bundle (kind pca)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the randomized SVD (default: 0)")
+
+
+def _run_pca(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from faceedit.cache import Cache
+    from faceedit.metrics import reconstruction_psnr
+    from faceedit.pca import fit_pca
+
+    cache = Cache.open(args.cache)
+    t0 = time.perf_counter()
+    pca = fit_pca(cache, args.latent_dim, seed=args.seed)
+    fit_s = time.perf_counter() - t0
+    figures = {"latent_dim": args.latent_dim, "fit_s": round(fit_s, 1),
+               "val_psnr": round(reconstruction_psnr(pca, cache, "val"), 4)}
+    if args.out is not None:
+        from faceedit.bundle import save_bundle
+
+        save_bundle(args.out, pca, {"cache": cache.hash, "metrics": figures})
+    print(json.dumps(figures))
+    return 0
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (`only`) one whose other subcommands declare no options.
+
+    Declaring a subcommand's options imports its config dataclass (and so torch), which costs
+    seconds: `main` declares only the subcommand being run.
+    """
     parser = argparse.ArgumentParser(
         prog="faceedit",
         description="Edit faces with attribute vectors in a VAE's latent space, and audit the edits.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        globals()[f"_add_{name}"](p)
+        p = sub.add_parser(name, help=help_text, description=help_text,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        if only is None or name == only:
+            globals()[f"_add_{name}"](p)
     return parser
 
 
+def _add_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=None, help="a CelebA folder in the official layout "
+                   "(default: $CELEBA_DIR; with neither, synthetic faces are rendered: no download)")
+    p.add_argument("--out", type=Path, default=Path("runs/main"), help="where every output goes: "
+                   "cache, bundle, bank, judge, report, figures (default: runs/main)")
+    p.add_argument("--profile", choices=("default", "quick", "tiny"), default="default",
+                   help="default: ~15 min on the 19,000 real faces on a 2-core CPU; quick: ~3 min; "
+                   "tiny: seconds, for smoke tests (default: default)")
+    p.add_argument("--quick", dest="profile", action="store_const", const="quick",
+                   help="same as --profile quick")
+    p.add_argument("--workers", type=int, default=2, help="Ray training workers (default: 2)")
+    p.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto",
+                   help="train on GPUs when the machine or cluster has them (default: auto)")
+    p.add_argument("--address", default="", help="a Ray cluster to train on (default: $RAY_ADDRESS, "
+                   "else a local Ray started for the run)")
+    p.add_argument("--serve", action=argparse.BooleanOptionalAction, default=True,
+                   help="open the editor when done; --no-serve stops after the report (default: serve)")
+    p.add_argument("--host", default="127.0.0.1", help="editor address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=7860, help="editor port (default: 7860)")
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from faceedit.pipeline import PROFILES, main_job
+
+    data = args.data or (Path(os.environ["CELEBA_DIR"]) if os.environ.get("CELEBA_DIR") else None)
+    if data is None:
+        print("data: no --data or CELEBA_DIR given: rendering synthetic faces with real CelebA "
+              "label rows (the no-download default)")
+    else:
+        print(f"data: CelebA folder {data}")
+    profile = PROFILES[args.profile]
+    print(f"profile: {profile.name}; outputs under {args.out}")
+
+    def train_vae(cache: Path, out: Path, model_config, train_config) -> None:
+        from workers.train import RayConfig, train_on_ray  # Ray is imported here only
+
+        ray_config = RayConfig(gpu=args.gpu, address=args.address, storage=str(args.out / "ray"))
+        train_on_ray(cache, out, model_config, train_config, args.workers, ray_config)
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    timings = main_job(args.out, data, profile, train_vae, device).run()
+    print(f"done in {sum(timings.values()) / 60:.1f} min. The audit report: "
+          f"{(args.out / 'report' / 'report.html').resolve()}")
+    if args.serve:
+        from ui.app import serve  # Gradio is imported here only
+
+        print(f"the editor: http://{args.host}:{args.port} (Ctrl-C stops it)")
+        serve(args.out / "bundle", args.out / "bank", host=args.host, port=args.port,
+              cache=args.out / "cache")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else "")
     args = parser.parse_args(argv)
     run = globals()[f"_run_{args.command}"]
     try:
