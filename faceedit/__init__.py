@@ -1,6 +1,23 @@
 """faceedit: edit faces with attribute vectors in a VAE's latent space, and audit the edits."""
 
-from faceedit.attributes import ATTRIBUTES, attribute_index
+import os
 
-__all__ = ["ATTRIBUTES", "attribute_index"]
+# OpenMP threads that spin-wait at the end of every parallel region stall whenever another process
+# holds a core (a shared or oversubscribed machine): training the VAE on 2 busy cores ran 3.6x
+# faster with PASSIVE (139 vs 39 images/s, bench/bench_train.py, load average 8). It must be set
+# before torch loads its OpenMP runtime, hence here; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from faceedit.attributes import ATTRIBUTES, attribute_index  # noqa: E402
+
+__all__ = ["ATTRIBUTES", "attribute_index", "load_bundle"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # `faceedit.load_bundle` without importing torch on `import faceedit`.
+    if name == "load_bundle":
+        from faceedit.bundle import load_bundle
+
+        return load_bundle
+    raise AttributeError(f"module 'faceedit' has no attribute {name!r}")

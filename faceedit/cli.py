@@ -236,7 +236,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     with torch.no_grad():
         z = model.encode(x)[0]  # (F, D)
         if args.strip is not None:
-            img = strip(model, z, bank, args.strip, args.strip_methods, args.strengths, args.scale)
+            img = strip(model, z, bank, args.strip, args.strip_methods, args.strengths, args.scale, originals=x)
         else:
             recon, edited = model.decode(z), model.decode(edit(z, strengths, bank, args.method))
             img = image_grid([[x[f], recon[f], edited[f]] for f in range(len(x))],
@@ -255,7 +255,11 @@ def _add_judge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="judge bundle folder to write (atomically)")
     add_dataclass_args(p, JudgeConfig)
     add_dataclass_args(p, TrainConfig)
-    p.set_defaults(epochs=8, batch_size=128, lr=3e-3)  # a small CNN: a few epochs suffice
+    judge_defaults = {"epochs": 8, "batch_size": 128, "lr": 3e-3}  # a small CNN: a few epochs suffice
+    for action in p._actions:  # the judge's own training defaults, shown as such in --help
+        if action.dest in judge_defaults:
+            action.default = judge_defaults[action.dest]
+            action.help = action.help.rsplit(" (default:", 1)[0] + f" (judge default: {action.default})"
 
 
 def _run_judge(args: argparse.Namespace) -> int:

@@ -1,0 +1,86 @@
+"""Training throughput of the default VAE with the plain loop, and the cost of reading batches.
+
+    .venv/bin/python bench/bench_train.py --cache runs/cache-real64 [--steps 60] [--batch-size 64]
+
+Prints one JSON object: train images/s (steady state, after warm-up steps), the model's size, and
+milliseconds per batch to read the memory-mapped cache two ways: per-item `CacheDataset` + the
+default collate of a DataLoader, vs the loop's `read_batch` (one sorted fancy-index copy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import faceedit  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads OpenMP)
+import numpy as np
+import torch
+
+from faceedit.cache import Cache, CacheDataset
+from faceedit.model import VAE, VAEConfig
+from faceedit.objective import VAEObjective
+from faceedit.trainer import ShardedBatches, TrainConfig, read_batch
+
+
+def read_costs(cache: Cache, batch_size: int, batches: int) -> dict[str, float]:
+    rows = cache.indices("train")
+    sampler = ShardedBatches(rows, batch_size, seed=0)
+    t = time.perf_counter()
+    for _, r in zip(range(batches), sampler):
+        read_batch(cache, r, torch.device("cpu"), torch.Generator().manual_seed(0), channels_last=True)
+    sliced = (time.perf_counter() - t) / batches
+    loader = torch.utils.data.DataLoader(CacheDataset(cache, rows, flip=True), batch_size=batch_size,
+                                         shuffle=True, num_workers=0)
+    t = time.perf_counter()
+    for _, _b in zip(range(batches), loader):
+        pass
+    per_item = (time.perf_counter() - t) / batches
+    return {"read_batch_ms": 1e3 * sliced, "dataset_collate_ms": 1e3 * per_item}
+
+
+def train_rate(cache: Cache, config: VAEConfig, train: TrainConfig, steps: int, warmup: int) -> float:
+    torch.manual_seed(0)
+    model = VAE(config).to(memory_format=torch.channels_last)
+    objective = VAEObjective(config)
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    sampler = iter(ShardedBatches(cache.indices("train"), train.batch_size, seed=0))
+    for i in range(warmup + steps):
+        if i == warmup:
+            t = time.perf_counter()
+        batch = read_batch(cache, next(sampler), torch.device("cpu"), torch.Generator().manual_seed(i), True)
+        loss = objective.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        opt.step()
+    return steps * train.batch_size / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cache", required=True)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = Cache.open(args.cache)
+    config = VAEConfig(image_size=cache.size)
+    train = TrainConfig(batch_size=args.batch_size)
+    rate = train_rate(cache, config, train, args.steps, args.warmup)
+    print(json.dumps({
+        "bench": "train", "cache": args.cache, "model": config.to_dict(),
+        "params": sum(p.numel() for p in VAE(config).parameters()), "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
+        "train_images_per_s": round(rate, 1),
+        **{k: round(v, 2) for k, v in read_costs(cache, args.batch_size, 20).items()},
+    }))
+
+
+if __name__ == "__main__":
+    main()

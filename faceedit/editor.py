@@ -1,0 +1,371 @@
+"""The face editor's session logic, as plain functions over one loaded bundle and bank.
+
+A photo is cropped like the training cache and encoded once, to z = mu of q(z | x); every edit after
+that is z + sum_k alpha_k v_k (White 2016, "Sampling Generative Networks") followed by one decode,
+so moving a slider costs a single decoder pass. The caller (the Gradio app in `ui/`, a script, a
+test) keeps z; nothing here holds per-user state.
+
+Images handed out are uint8 (H, W, 3) arrays, the layout image widgets and PIL expect; the model's
+tensors stay float32 (B, 3, S, S) in [0, 1] inside.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageOps
+
+from faceedit.attributes import ATTRIBUTES, FEATURED, attribute_index
+from faceedit.bank import AttributeBank
+from faceedit.bundle import Bundle, load_bundle
+from faceedit.cache import Cache, CacheError, to_float
+from faceedit.edit import edit as edit_latent
+from faceedit.edit import slerp
+from faceedit.files import atomic_write_bytes
+from faceedit.images import _to_rgb, crop_box, load_photo
+
+EDIT_METHODS: tuple[str, ...] = ("balanced", "naive", "projection")  # what the page offers
+COMPARE_METHODS: tuple[str, ...] = ("naive", "balanced")  # White 2016 Figure 7, side by side
+STRENGTH_LIMIT = 3.0  # |alpha| the sliders allow, in units of the vector's length
+PREVIEW_SIDE = 256  # longest side of the crop preview
+UPSCALE = 4  # download factor: 64 -> 256
+MAX_STEPS = 16  # interpolation strip length limit
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One photo, encoded once."""
+
+    preview: np.ndarray  # (h, w, 3) uint8: the whole photo (at most PREVIEW_SIDE) with its crop drawn
+    face: np.ndarray  # (S, S, 3) uint8: the crop the model sees
+    z: torch.Tensor  # (D,) float32: mu of q(z | x)
+    reconstruction: np.ndarray  # (S, S, 3) uint8: decode(z)
+
+
+def to_image(x: torch.Tensor) -> np.ndarray:
+    """float (3, S, S) in [0, 1] -> uint8 (S, S, 3)."""
+    return x.clamp(0, 1).mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def upscale(image: np.ndarray, factor: int = UPSCALE) -> np.ndarray:
+    """uint8 (H, W, 3) -> uint8 (factor*H, factor*W, 3), Lanczos (sharper than the model's 64 px)."""
+    if factor < 1:
+        raise ValueError(f"upscale factor must be >= 1, got {factor}")
+    h, w = image.shape[:2]
+    return np.asarray(Image.fromarray(image).resize((w * factor, h * factor), Image.Resampling.LANCZOS))
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def save_downloads(image: np.ndarray, out_dir: str | Path, stem: str = "faceedit",
+                   factor: int = UPSCALE) -> tuple[Path, Path]:
+    """Write the image at model resolution and upscaled (atomically) -> (path S x S, path upscaled)."""
+    out_dir = Path(out_dir)
+    h = image.shape[0]
+    small, big = out_dir / f"{stem}-{h}px.png", out_dir / f"{stem}-{h * factor}px.png"
+    atomic_write_bytes(small, png_bytes(image))
+    atomic_write_bytes(big, png_bytes(upscale(image, factor)))
+    return small, big
+
+
+def crop_preview(data: bytes, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """The whole photo, shrunk to at most `side`, with the CelebA crop box drawn. -> uint8 (h, w, 3).
+
+    Call it only on bytes `load_photo` has accepted (it does not repeat the safety checks).
+    """
+    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    width, height = img.size
+    img = _to_rgb(img, "photo")  # same colour handling as the model's input (alpha on white, 16-bit)
+    img.thumbnail((side, side), Image.Resampling.BILINEAR)
+    scale = img.size[0] / width
+    left, top, right, bottom = (v * scale for v in crop_box(width, height))
+    draw = ImageDraw.Draw(img)
+    line = max(2, round(img.size[0] / 100))
+    draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 196, 0), width=line)
+    return np.asarray(img)
+
+
+class Editor:
+    """A loaded VAE bundle and attribute bank, and the operations of the editor page."""
+
+    def __init__(self, bundle: Bundle, bank: AttributeBank, cache: Cache | None = None,
+                 threads: int | None = None, n_examples: int = 9):
+        if threads is not None:
+            torch.set_num_threads(max(1, threads))
+        self.bundle, self.bank, self.cache = bundle, bank, cache
+        self.model = bundle.model.eval()
+        cfg = self.model.config
+        self.size, self.dim = cfg.image_size, cfg.latent_dim
+        self.methods = tuple(m for m in EDIT_METHODS if self._has_method(m))
+        if not self.methods:
+            raise ValueError(f"bank {bank_path_of(bank)} has none of the methods {', '.join(EDIT_METHODS)}")
+        self.example_rows = self._example_rows(n_examples)
+        self._check_bank()
+
+    @classmethod
+    def load(cls, bundle: str | Path, bank: str | Path, cache: str | Path | None = None,
+             threads: int | None = None, n_examples: int = 9) -> "Editor":
+        """Load a bundle folder and a bank folder. `cache`: where to take example faces from; by
+        default the cache the bundle records it was trained on, when that folder is present."""
+        b = load_bundle(bundle)
+        k = AttributeBank.load(bank)
+        c = Cache.open(cache) if cache is not None else training_cache(b)  # a named cache must open
+        return cls(b, k, c, threads=default_threads() if threads is None else threads,
+                   n_examples=n_examples)
+
+    # ------------------------------------------------------------------ encode / decode
+
+    @torch.no_grad()  # not inference_mode: z is handed out, and callers may change it in place
+    def encode_array(self, face: np.ndarray) -> torch.Tensor:
+        """uint8 (3, S, S) -> z (D,) = mu."""
+        mu, _ = self.model.encode(to_float(face[None]))  # (1, 3, S, S) -> (1, D)
+        return mu[0].clone()
+
+    @torch.inference_mode()  # the fast path of every slider move
+    def decode(self, z: torch.Tensor) -> np.ndarray:
+        """z (D,) -> uint8 (S, S, 3). Always a batch of one, so equal z give identical pixels."""
+        z = self.check_z(z)
+        return to_image(self.model.decode(z[None])[0])  # (1, D) -> (1, 3, S, S)
+
+    def encode(self, photo: str | Path | bytes) -> Encoded:
+        """Any photo file or its bytes -> Encoded. ImageError (a ValueError) for a bad file."""
+        face = load_photo(photo, self.size)  # (3, S, S) uint8; raises ImageError naming the reason
+        data = bytes(photo) if isinstance(photo, (bytes, bytearray)) else Path(photo).read_bytes()
+        z = self.encode_array(face)
+        return Encoded(crop_preview(data), face.transpose(1, 2, 0).copy(), z, self.decode(z))
+
+    def encode_example(self, index: int) -> Encoded:
+        """The index-th example face (a val row of the training cache), encoded."""
+        if not 0 <= index < len(self.example_rows):
+            raise ValueError(f"example {index}: expected 0..{len(self.example_rows) - 1}"
+                             if self.example_rows else "no example faces: the training cache is not here")
+        face = np.array(self.cache.images[self.example_rows[index]])  # (3, S, S) uint8, a copy
+        z = self.encode_array(face)
+        shown = face.transpose(1, 2, 0).copy()
+        return Encoded(upscale(shown, max(1, PREVIEW_SIDE // self.size)), shown, z, self.decode(z))
+
+    def examples(self) -> list[tuple[np.ndarray, str]]:
+        """(uint8 (S, S, 3), caption) for each example face, in example-index order."""
+        return [(np.asarray(self.cache.images[r]).transpose(1, 2, 0).copy(), self.cache.names[r])
+                for r in self.example_rows]
+
+    # ------------------------------------------------------------------ edits
+
+    def edit_z(self, z: torch.Tensor, strengths: Mapping[str, float], method: str) -> torch.Tensor:
+        """z (D,) + sum alpha_k v_k (only non-zero strengths are applied) -> (D,)."""
+        z = self.check_z(z)
+        chosen = check_strengths(strengths)
+        if method not in self.methods:
+            raise ValueError(f"method {method!r}: this bank offers {', '.join(self.methods)}")
+        if not chosen:
+            return z
+        return edit_latent(z[None], chosen, self.bank, method)[0]  # (1, D) -> (D,)
+
+    def edit(self, z: torch.Tensor, strengths: Mapping[str, float], method: str = "balanced") -> np.ndarray:
+        """The face of z edited by `strengths` ({attribute: alpha}, alpha in -3..3) -> uint8 (S, S, 3)."""
+        return self.decode(self.edit_z(z, strengths, method))
+
+    def compare(self, z: torch.Tensor, strengths: Mapping[str, float],
+                methods: Sequence[str] = COMPARE_METHODS) -> dict[str, np.ndarray]:
+        """The same edit with each method (White 2016 Figure 7: naive vs balanced) -> {method: image}."""
+        return {m: self.edit(z, strengths, m) for m in methods}
+
+    def sample(self, seed: int) -> tuple[torch.Tensor, np.ndarray]:
+        """A face from the prior: z ~ N(0, I) drawn with `seed` -> (z (D,), uint8 (S, S, 3))."""
+        g = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(self.dim, generator=g)
+        return z, self.decode(z)
+
+    @torch.inference_mode()
+    def interpolate(self, z_a: torch.Tensor, z_b: torch.Tensor, steps: int = 8) -> np.ndarray:
+        """Faces along slerp(z_a, z_b, t) for `steps` t in [0, 1] -> uint8 (S, steps*S, 3).
+
+        Spherical, not linear: White 2016 argues slerp stays on the prior's shell where the
+        decoder was trained, while a straight line passes through the improbable centre.
+        """
+        if not 2 <= int(steps) <= MAX_STEPS:
+            raise ValueError(f"steps={steps}: expected 2..{MAX_STEPS}")
+        a, b = self.check_z(z_a), self.check_z(z_b)
+        ts = torch.linspace(0, 1, int(steps))
+        zs = torch.stack([slerp(a, b, float(t)) for t in ts])  # (steps, D)
+        x = self.model.decode(zs)  # (steps, D) -> (steps, 3, S, S)
+        return to_image(torch.cat(list(x), dim=2))  # -> (3, S, steps*S) -> (S, steps*S, 3)
+
+    # ------------------------------------------------------------------ checks and description
+
+    def check_z(self, z: Any) -> torch.Tensor:
+        """A latent from a caller (tensor, array or list) -> float32 (D,); ValueError otherwise."""
+        if z is None:
+            raise ValueError("no face encoded yet: upload a photo, pick an example or draw a random face")
+        t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not isinstance(z, torch.Tensor) else z)
+        if t.dim() != 1 or t.shape[0] != self.dim or not torch.isfinite(t).all():
+            raise ValueError(f"latent of shape {tuple(t.shape)}: expected {self.dim} finite numbers")
+        return t.float()
+
+    def describe(self) -> str:
+        """Markdown: which bundle and bank are loaded, what they were trained on, their metrics."""
+        return describe(self.bundle, self.bank, self.cache, self.methods, len(self.example_rows))
+
+    def _has_method(self, method: str) -> bool:
+        try:
+            self.bank.vector(ATTRIBUTES[0], method)
+        except (KeyError, ValueError):
+            return False
+        return True
+
+    def _check_bank(self) -> None:
+        v = self.bank.vector(FEATURED[0], self.methods[0])
+        if tuple(v.shape) != (self.dim,):
+            raise ValueError(f"bank {bank_path_of(self.bank)} has vectors of shape {tuple(v.shape)}, "
+                             f"but the bundle {self.bundle.path} has latent size {self.dim}: "
+                             "build the bank from this bundle (`faceedit vectors`)")
+
+    def _example_rows(self, n: int) -> list[int]:
+        if self.cache is None or self.cache.size != self.size:
+            return []
+        rows = self.cache.indices("val")
+        if len(rows) == 0:
+            rows = self.cache.indices("test")
+        return [int(r) for r in rows[:n]]
+
+
+def check_strengths(strengths: Mapping[str, float]) -> dict[str, float]:
+    """{attribute: alpha} -> the non-zero entries as floats; ValueError for an unknown name or an
+    alpha outside -3..3 or not finite."""
+    chosen: dict[str, float] = {}
+    for name, value in dict(strengths or {}).items():
+        attribute_index(name)
+        alpha = float(value)
+        if not np.isfinite(alpha) or abs(alpha) > STRENGTH_LIMIT:
+            raise ValueError(f"strength of {name} = {value}: expected a number in "
+                             f"-{STRENGTH_LIMIT:g}..{STRENGTH_LIMIT:g}")
+        if alpha != 0.0:
+            chosen[name] = alpha
+    return chosen
+
+
+def default_threads() -> int:
+    """Intra-op threads for one decode: a 64 px decoder gains little past 4, and the server runs a
+    few requests at once, so use at most half the cores (at least 1)."""
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def open_cache(path: str | Path) -> Cache | None:
+    try:
+        return Cache.open(path)
+    except CacheError:
+        return None
+
+
+def training_cache(bundle: Bundle) -> Cache | None:
+    """The cache the bundle was trained on, if it is on this machine; None otherwise.
+
+    The bundle records the cache's content hash (config.json "cache"); the cache is looked for at a
+    path the bundle names (a "cache_path" key), else among the folders beside the bundle and one
+    level up (where `faceedit run` puts caches), and accepted only when its hash matches.
+    """
+    recorded, want = bundle.meta.get("cache"), _recorded_hash(bundle.meta)
+    if not want:
+        return None
+    named = bundle.meta.get("cache_path") or (recorded.get("path") if isinstance(recorded, Mapping) else None)
+    here = Path(bundle.path).resolve()
+    candidates = [Path(named)] if named else []
+    for folder in (here.parent, here.parent.parent):
+        try:
+            candidates += sorted(p for p in folder.iterdir() if p.is_dir() and p != here)
+        except OSError:  # an unreadable folder: look elsewhere
+            continue
+    for path in candidates:
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(manifest, dict) and manifest.get("content_hash") == want:
+            return open_cache(path)
+    return None
+
+
+def _recorded_hash(meta: Mapping[str, Any]) -> str | None:
+    """The training cache's content hash a bundle records ("cache": hash, or {"hash": ...})."""
+    recorded = meta.get("cache")
+    return recorded.get("hash") if isinstance(recorded, Mapping) else recorded
+
+
+def bank_path_of(bank: AttributeBank) -> str:
+    return str(getattr(bank, "path", "(in memory)"))
+
+
+def describe(bundle: Bundle, bank: AttributeBank, cache: Cache | None, methods: Sequence[str],
+             n_examples: int = 0) -> str:
+    """Markdown: the bundle (model, training data, training settings, metrics) and the bank."""
+    meta, cfg = dict(bundle.meta), bundle.model.config
+    beta = f", beta {cfg.beta:g}" if hasattr(cfg, "beta") else ""
+    lines = [f"**Model** `{bundle.path}`: {meta.get('kind', 'vae')}, {cfg.image_size} px, "
+             f"latent {cfg.latent_dim}{beta}"]
+    recorded = meta.get("cache")
+    if cache is not None:
+        m = cache.manifest
+        splits = {name: len(cache.indices(name)) for name in ("train", "val", "test")}
+        lines.append(f"- training data: `{cache.root}` from {m.get('source', '?')}: {len(cache)} faces "
+                     f"({', '.join(f'{k} {v}' for k, v in splits.items())}), {cache.size} px")
+    elif recorded:
+        lines.append(f"- training data: cache {str(recorded)[:16]}... (not on this machine)")
+    lines += [f"- {k}: {_fmt(v)}" for k, v in meta.items()
+              if isinstance(v, (str, int, float)) and k not in ("format", "kind", "cache")]
+    lines += _section("training", meta.get("training"))
+    lines += _section("metrics", meta.get("metrics"))
+    info = getattr(bank, "meta", None) or {}
+    lines.append(f"\n**Vectors** `{bank_path_of(bank)}`: methods {', '.join(methods)}")
+    source = info.get("source") or {}
+    if source.get("faces"):
+        lines.append("- computed on " + ", ".join(f"{k} {v} faces" for k, v in source["faces"].items()))
+    auc = _mean_auc(info.get("per_attribute") or {}, methods)
+    if auc:
+        lines.append("- held-out ROC AUC of z.v, mean over attributes: "
+                     + ", ".join(f"{m} {v:.3f}" for m, v in auc.items()))
+    if info.get("capped_vectors"):
+        lines.append(f"- replication cap reached by: {', '.join(info['capped_vectors'])}")
+    lines += _section("settings", info.get("settings"))
+    if cache is not None and recorded and cache.hash != _recorded_hash(meta):
+        lines.append("- (not the cache the bundle was trained on: its val faces may be training faces)")
+    lines.append("\n**Example faces**: " + (
+        f"the first {n_examples} faces of the val split of `{cache.root}`"
+        if cache is not None and n_examples else "none (the bundle's training cache is not on this machine)"))
+    return "\n".join(lines)
+
+
+def _mean_auc(per_attribute: Mapping[str, Any], methods: Sequence[str]) -> dict[str, float]:
+    out = {}
+    for m in methods:
+        values = [a["auc"][m] for a in per_attribute.values()
+                  if isinstance(a.get("auc"), Mapping) and a["auc"].get(m) is not None]
+        if values:
+            out[m] = float(np.mean(values))
+    return out
+
+
+def _section(title: str, values: Any) -> list[str]:
+    if not values:
+        return []
+    if not isinstance(values, Mapping):
+        return [f"- {title}: {values}"]
+    items = [f"{k} = {_fmt(v)}" for k, v in values.items() if not isinstance(v, (dict, list))]
+    return [f"- {title}: " + "; ".join(items)] if items else []
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return json.dumps(v) if not isinstance(v, str) else v
+

@@ -1,0 +1,448 @@
+"""A model-agnostic training loop over a dataset cache (in the spirit of minGPT's trainer.py: nothing
+in this file knows it trains a VAE; the audit's attribute classifier is trained with it too).
+
+What a model family supplies is an `Objective`: its loss on a batch, its validation metrics and its
+figures. The loop supplies AdamW, an optional learning-rate schedule (linear warmup then cosine
+decay, Loshchilov & Hutter 2017), bf16 autocast on GPU, channels_last, gradient clipping, a stop
+with the step number on a non-finite loss, random horizontal flips, fast batch reads from the
+memory-mapped cache, a progress bar, a JSON-lines metrics log and PNG figures.
+
+Seams for distributed training (workers/train.py wraps `fit` in Ray Train; Ray is imported there,
+never here):
+  wrap_model(model) -> model   e.g. DDP or ray.train.torch.prepare_model; the loss goes through the
+                               wrapped model's forward, validation and figures use the bare model
+  rank, world_size             each worker reads its own shard of the train rows (`ShardedBatches`,
+                               DistributedSampler-like, with set_epoch); only rank 0 validates,
+                               writes files and shows progress
+  on_report(metrics, state)    called on every rank at each epoch end and every `report_every`
+                               steps: metrics (floats) and a checkpoint state dict (`TrainState`)
+  resume                       a state dict from on_report: the run continues at its step, epoch,
+                               position in the epoch, optimizer, schedule and RNG streams
+  device                       e.g. ray.train.torch.get_device(); default from TrainConfig.device
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal, NamedTuple, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from faceedit.cache import Cache
+from faceedit.figures import save_png
+from faceedit.files import atomic_write_text
+
+Schedule = Literal["cosine", "constant"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=30, metadata={"help": "passes over the train split (the time budget "
+                        "may stop earlier)"})
+    max_minutes: float = field(default=8.0, metadata={"help": "wall-clock budget in minutes (0: none). "
+                               "With a budget the LR schedule follows elapsed time, so it still "
+                               "anneals to the end; runs are then not bit-reproducible"})
+    batch_size: int = field(default=64, metadata={"help": "images per step per worker"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW decoupled weight decay"})
+    schedule: Schedule = field(default="cosine", metadata={"help": "cosine: linear warmup then cosine "
+                               "decay to 0; constant: lr throughout"})
+    warmup: float = field(default=0.03, metadata={"help": "fraction of training spent warming up"})
+    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0: off)"})
+    flip: bool = field(default=True, metadata={"help": "random horizontal flips of train images"})
+    seed: int = field(default=0, metadata={"help": "seed of weights, shuffling, flips and noise"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu, cuda, cuda:1"})
+    precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
+        "help": "auto: bf16 autocast on GPU, fp32 on CPU"})
+    channels_last: bool = field(default=True, metadata={"help": "NHWC memory format for images and "
+                                "conv weights (faster on GPU, and ~2x on this CPU with oneDNN)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's choice)"})
+    report_every: int = field(default=0, metadata={"help": "also report/checkpoint every K steps (0: "
+                              "epoch ends only)"})
+    val_images: int = field(default=0, metadata={"help": "validate on the first N val images (0: all)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (rank 0)"})
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: expected >= 1")
+        if self.lr <= 0 or not 0 <= self.warmup < 1 or self.max_minutes < 0:
+            raise ValueError(f"TrainConfig: lr={self.lr}, warmup={self.warmup}, max_minutes="
+                             f"{self.max_minutes}: expected lr > 0, 0 <= warmup < 1, max_minutes >= 0")
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # (B, 3, S, S) float32 in [0, 1]
+    labels: torch.Tensor  # (B, 40) float32 in {0, 1}
+
+
+class Loss(Protocol):
+    """What an objective's loss returns: `total` is minimized; every field is logged."""
+    total: torch.Tensor
+
+    def _asdict(self) -> dict[str, torch.Tensor]: ...  # NamedTuples have it
+
+
+class Objective(Protocol):
+    """A model family's part of training."""
+
+    def loss(self, model: nn.Module, batch: Batch) -> Loss:
+        """The training loss on a batch through `model` (possibly wrapped: call its forward)."""
+
+    def validate(self, model: nn.Module, batches: Iterator[Batch]) -> dict[str, float]:
+        """Metrics over the validation batches (bare model, eval mode, no grad)."""
+
+    def figures(self, model: nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        """name -> image grid (3, H, W) in [0, 1], saved as PNG (bare model, eval mode, no grad)."""
+
+    def after_step(self, model: nn.Module, loss: Loss) -> None:
+        """Optional: called after each optimizer step (bare model), e.g. to update running buffers."""
+
+
+Report = Callable[[dict[str, float], dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the bare (unwrapped) model, trained, on its device
+    metrics: dict[str, float]  # the last validation (rank 0) or train metrics
+    step: int
+    epoch: float
+    history: list[dict[str, float]]
+
+
+class NonFiniteLoss(FloatingPointError):
+    """The loss became NaN or infinite: the run stops, naming the step."""
+
+
+class ShardedBatches:
+    """Row numbers of a cache, cut into batches, for one worker of `world_size`.
+
+    Like torch's DistributedSampler: every epoch one permutation seeded by (seed, epoch), the same
+    on every worker; worker `rank` takes every world_size-th row of it, so the shards are disjoint
+    and equal in size (a remainder of fewer than world_size rows is left out of that epoch). Each
+    batch is sorted so the memory-mapped cache is read front to back in one fancy-index copy.
+    `drop_last` drops a short final batch (training: every worker takes the same number of steps).
+    """
+
+    def __init__(self, rows: np.ndarray, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True, drop_last: bool = True):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.rows = np.asarray(rows, dtype=np.int64)
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
+        self.seed, self.shuffle, self.drop_last, self.epoch = seed, shuffle, drop_last, 0
+        self.shard_size = len(self.rows) // world_size
+        if drop_last and self.shard_size < batch_size:
+            raise ValueError(f"{len(self.rows)} rows over {world_size} worker(s) give {self.shard_size} "
+                             f"per worker, fewer than one batch of {batch_size}")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n, b = self.shard_size, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        rows = self.rows
+        if self.shuffle:
+            rows = rows[np.random.default_rng([self.seed, self.epoch]).permutation(len(rows))]
+        shard = rows[self.rank: self.shard_size * self.world_size: self.world_size]
+        for i in range(len(self)):
+            yield np.sort(shard[i * self.batch_size: (i + 1) * self.batch_size])
+
+
+def read_batch(cache: Cache, rows: np.ndarray, device: torch.device,
+               flip: torch.Generator | None = None, channels_last: bool = False) -> Batch:
+    """Rows of the cache as a Batch on `device`; with `flip`, each image is mirrored left-right
+    with probability 1/2 (faces are symmetric; CelebA's attributes have no side)."""
+    images = torch.from_numpy(cache.images[rows])  # (B, 3, S, S) uint8, one copy out of the memmap
+    if flip is not None:
+        mask = torch.rand(len(rows), generator=flip) < 0.5
+        images[mask] = images[mask].flip(-1)
+    labels = torch.from_numpy(cache.labels[rows].astype(np.float32))
+    non_blocking = device.type == "cuda"
+    x = images.to(device, non_blocking=non_blocking).float().div_(255.0)  # convert on the device
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return Batch(x, labels.to(device, non_blocking=non_blocking))
+
+
+def lr_factor(progress: float, config: TrainConfig) -> float:
+    """Multiplier of the peak lr at `progress` in [0, 1]: linear warmup, then cosine decay to 0."""
+    if config.schedule == "constant":
+        return 1.0
+    if progress < config.warmup:
+        return max(progress / config.warmup, 1e-3)
+    t = min((progress - config.warmup) / (1 - config.warmup), 1.0)
+    return 0.5 * (1 + math.cos(math.pi * t))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """The global RNG streams the loop draws from (reparameterization noise, dropout)."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def fit(model: nn.Module, objective: Objective, cache: Cache, config: TrainConfig,
+        out_dir: str | Path | None = None, *, rank: int = 0, world_size: int = 1,
+        wrap_model: Callable[[nn.Module], nn.Module] | None = None, on_report: Report | None = None,
+        resume: dict[str, Any] | None = None, device: torch.device | None = None) -> TrainResult:
+    """Train `model` on the cache's train split; validate on its val split after every epoch.
+
+    out_dir (rank 0 only): metrics.jsonl (one JSON object per report) and figures/NAME_eNNN.png
+    (epoch 0 = before training). See the module docstring for the distributed seams. Returns the
+    bare model (trained, on its device), the last metrics, the step count and the history.
+    """
+    return _Loop(model, objective, cache, config, out_dir, rank, world_size, wrap_model,
+                 on_report, resume, device).run()
+
+
+class _Loop:
+    def __init__(self, model, objective, cache, config, out_dir, rank, world_size, wrap_model,
+                 on_report, resume, device):
+        self.objective, self.cache, self.config = objective, cache, config
+        self.rank, self.world_size, self.on_report = rank, world_size, on_report
+        self.main = rank == 0
+        self.out = Path(out_dir) if out_dir is not None and self.main else None
+        self.device = device or resolve_device(config.device)
+        on_gpu = self.device.type == "cuda"
+        self.channels_last = config.channels_last
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and on_gpu)
+        self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16
+                         else contextlib.nullcontext())
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        torch.manual_seed(config.seed + rank)
+        self.model = model.to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if resume is not None:
+            self.model.load_state_dict(resume["model"])
+        self.wrapped = wrap_model(self.model) if wrap_model is not None else self.model
+        self.optimizer = torch.optim.AdamW(self.wrapped.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.batches = ShardedBatches(cache.indices("train"), config.batch_size, rank, world_size,
+                                      config.seed)
+        self.total_steps = config.epochs * len(self.batches)
+        self.step = self.epoch = self.epoch_step = 0
+        self.elapsed_before = 0.0
+        self.history: list[dict[str, float]] = []
+        if resume is not None:
+            self._load(resume)
+
+    # ------------------------------------------------------------------ state
+    def state(self) -> dict[str, Any]:
+        """The checkpoint: everything needed to continue exactly here (tensors and plain values),
+        a copy on the CPU: training on does not change it."""
+        return _copy_to_cpu({
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"elapsed_s": self.elapsed(), "total_steps": self.total_steps},
+            "epoch": self.epoch, "epoch_step": self.epoch_step, "step": self.step,
+            "rng": rng_state(self.device),
+            "config": asdict(self.config),
+            "history": list(self.history),
+        })
+
+    def _load(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.epoch_step = state["step"], state["epoch"], state["epoch_step"]
+        self.elapsed_before = float(state["scheduler"]["elapsed_s"])
+        self.history = list(state.get("history", []))
+        if self.rank == 0:
+            set_rng_state(state["rng"], self.device)
+        else:  # the checkpoint holds rank 0's streams; other ranks get their own, still seeded
+            torch.manual_seed(hash((self.config.seed, self.rank, self.step)) % 2**62)
+
+    def elapsed(self) -> float:
+        seconds = self.elapsed_before + (time.perf_counter() - self.start)
+        if self.config.max_minutes > 0 and self.world_size > 1 and torch.distributed.is_initialized():
+            # DDP ranks must agree on the time budget: else one stops while another waits for it
+            # in the next gradient all-reduce (a hang), and their time-based LRs drift apart.
+            # Rank 0's clock decides; every rank calls elapsed() at the same points of the loop.
+            nccl = torch.distributed.get_backend() == "nccl"
+            t = torch.tensor([seconds], dtype=torch.float64, device=self.device if nccl else "cpu")
+            torch.distributed.broadcast(t, src=0)
+            seconds = float(t)
+        return seconds
+
+    def out_of_time(self) -> bool:
+        return self.config.max_minutes > 0 and self.elapsed() >= 60 * self.config.max_minutes
+
+    def progress(self) -> float:
+        p = self.step / max(self.total_steps, 1)
+        if self.config.max_minutes > 0:
+            p = max(p, self.elapsed() / (60 * self.config.max_minutes))
+        return min(p, 1.0)
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> TrainResult:
+        self.start = time.perf_counter()
+        self._reset_window()
+        bar = self._bar()
+        if self.step == 0:
+            self._log(self._evaluate({"epoch": 0, "step": 0}))
+            self._reset_window()  # the throughput of training steps only
+        stopped = self.out_of_time()
+        while self.epoch < self.config.epochs and not stopped:
+            self.batches.set_epoch(self.epoch)
+            stopped = self._train_epoch(bar)
+            if self.epoch_step == len(self.batches):
+                self.epoch, self.epoch_step = self.epoch + 1, 0
+            self._report(validate=True)
+        if bar is not None:
+            bar.close()
+        last = self.history[-1] if self.history else {}
+        return TrainResult(self.model, last, self.step,
+                           self.epoch + self.epoch_step / len(self.batches), self.history)
+
+    def _train_epoch(self, bar) -> bool:
+        """Steps through the rest of this epoch; True when the time budget stopped it."""
+        every = self.config.report_every
+        for i, rows in enumerate(self.batches):
+            if i < self.epoch_step:
+                continue  # resumed mid-epoch: these batches were done before the checkpoint
+            total = self._train_step(rows)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{total:.5g}", img_s=f"{self._rate():.0f}")
+            if self.out_of_time():
+                return True
+            if every and self.step % every == 0 and self.epoch_step < len(self.batches):
+                self._report(validate=False)
+        return False
+
+    def _train_step(self, rows: np.ndarray) -> float:
+        flip = None
+        if self.config.flip:  # seeded by (seed, step, rank): the same flips after a resume
+            flip = torch.Generator().manual_seed(
+                (self.config.seed * 1_000_003 + self.step) * 1009 + self.rank)
+        batch = read_batch(self.cache, rows, self.device, flip, self.channels_last)
+        self.wrapped.train()
+        with self.autocast:
+            loss = self.objective.loss(self.wrapped, batch)
+        total = loss.total.detach().float()
+        if not torch.isfinite(total):
+            raise NonFiniteLoss(f"step {self.step + 1} (epoch {self.epoch + 1}, batch "
+                                f"{self.epoch_step + 1}): the loss is {total.item()}; lower --lr "
+                                f"or check the data (terms: {_floats(loss)})")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        if self.config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.wrapped.parameters(), self.config.grad_clip)
+        lr = self.config.lr * lr_factor(self.progress(), self.config)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        after_step = getattr(self.objective, "after_step", None)
+        if after_step is not None:
+            after_step(self.model, loss)
+        self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
+        for k, v in _floats(loss).items():
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._steps += 1
+        self._seen += len(rows)
+        return float(total)
+
+    # ------------------------------------------------------------------ reporting
+    def _reset_window(self) -> None:
+        self._sums: dict[str, float] = {}
+        self._steps = self._seen = 0
+        self._t0 = time.perf_counter()
+
+    def _rate(self) -> float:
+        return self._seen / max(time.perf_counter() - self._t0, 1e-9)
+
+    def _report(self, validate: bool) -> None:
+        """Train means since the last report (+ validation at epoch ends) -> log and on_report."""
+        metrics = {"epoch": self.epoch + self.epoch_step / len(self.batches), "step": self.step,
+                   "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self._rate(),
+                   "elapsed_s": self.elapsed()}
+        metrics.update({f"train_{k}": v / max(self._steps, 1) for k, v in self._sums.items()})
+        if validate:
+            metrics = self._evaluate(metrics)
+        self._log(metrics)
+        if self.on_report is not None:
+            self.on_report(metrics, self.state())
+        self._reset_window()
+
+    def _evaluate(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Rank 0: validation metrics and figures of the bare model, under a fixed RNG seed so that
+        neither depends on, nor disturbs, the training streams."""
+        if not self.main:
+            return metrics
+        rows = self.cache.indices("val")
+        if self.config.val_images:
+            rows = rows[: self.config.val_images]
+        if len(rows) == 0:
+            return metrics
+        val = ShardedBatches(rows, self.config.batch_size, shuffle=False, drop_last=False)
+        self.model.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), self.autocast:
+            torch.manual_seed(self.config.seed)
+            batches = (read_batch(self.cache, r, self.device, None, self.channels_last) for r in val)
+            metrics = {**metrics, **{f"val_{k}": float(v)
+                                     for k, v in self.objective.validate(self.model, batches).items()}}
+            first = read_batch(self.cache, next(iter(val)), self.device, None, self.channels_last)
+            figures = self.objective.figures(self.model, first)
+        if self.out is not None:
+            epoch = int(math.ceil(metrics["epoch"]))
+            for name, image in figures.items():
+                save_png(self.out / "figures" / f"{name}_e{epoch:03d}.png", image)
+        return metrics
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        self.history.append(metrics)
+        if self.out is not None:
+            lines = "".join(json.dumps(m, sort_keys=True) + "\n" for m in self.history)
+            atomic_write_text(self.out / "metrics.jsonl", lines)
+        if self.main and self.config.progress and "val_total" in metrics:
+            shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith(("val_", "train_total"))}
+            print(f"epoch {metrics['epoch']:.2f} step {metrics['step']}: {shown}", flush=True)
+
+    def _bar(self):
+        if not (self.main and self.config.progress):
+            return None
+        from tqdm.auto import tqdm
+        return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
+                    mininterval=1.0)
+
+
+def _copy_to_cpu(value: Any) -> Any:
+    """Nested dicts/lists of tensors and plain values, every tensor cloned onto the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _copy_to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copy_to_cpu(v) for v in value)
+    return value
+
+
+def _floats(loss: Loss) -> dict[str, float]:
+    return {k: float(v.detach().float()) for k, v in loss._asdict().items()}

@@ -1,0 +1,118 @@
+"""The audit's judge: AUC, training with the team's loop, the "cannot judge" mark, the bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from faceedit.attributes import ATTRIBUTES, attribute_index
+from faceedit.cache import Cache
+from faceedit.judge import (Judge, JudgeConfig, auc_per_attribute, judgeable, load_judge, save_judge,
+                            train_judge)
+from faceedit.trainer import TrainConfig
+
+SMILING, MALE = attribute_index("Smiling"), attribute_index("Male")
+
+
+def write_cache(root: Path, n: int = 320, size: int = 16, seed: int = 0) -> Cache:
+    """A cache in faceedit/cache.py's format where Smiling paints the top half red and Male the
+    bottom half blue; every other label is a coin flip nothing in the image shows."""
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    labels = (rng.random((n, len(ATTRIBUTES))) < 0.4).astype(np.int8)
+    images = (rng.random((n, 3, size, size)) * 60 + 90).astype(np.uint8)
+    images[labels[:, SMILING] == 1, 0, : size // 2] = 250
+    images[labels[:, MALE] == 1, 2, size // 2:] = 250
+    split = np.zeros(n, np.uint8)
+    split[n * 3 // 4:] = 1
+    np.save(root / "images.npy", images)
+    np.save(root / "labels.npy", labels)
+    np.save(root / "split.npy", split)
+    (root / "names.txt").write_text("\n".join(f"{i + 1:06d}.jpg" for i in range(n)))
+    (root / "manifest.json").write_text(json.dumps(
+        {"format": 1, "count": n, "size": size, "content_hash": f"sha256:constructed-{seed}",
+         "source": str(root)}))
+    return Cache.open(root)
+
+
+def test_auc_matches_sklearn_and_is_nan_for_one_class():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (400, 3))
+    logits = np.round(rng.normal(size=(400, 3)) + y, 1)  # rounded: ties must be averaged
+    y[:, 2] = 1
+    auc = auc_per_attribute(logits, y)
+    for k in range(2):
+        assert auc[k] == pytest.approx(roc_auc_score(y[:, k], logits[:, k]), abs=1e-12)
+    assert np.isnan(auc[2])
+    assert judgeable([0.9, 0.75, 0.7, float("nan")], 0.75) == [True, True, False, False]
+    with pytest.raises(ValueError, match="must both be"):
+        auc_per_attribute(logits[:, :2], y)
+
+
+def test_judge_shapes_and_config_errors():
+    judge = Judge(JudgeConfig(image_size=32, width=4, stages=3)).eval()
+    logits, feats = judge.score(torch.rand(2, 3, 32, 32))
+    assert logits.shape == (2, 40) and feats.shape == (2, 16)
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        judge(torch.rand(2, 3, 16, 16))
+    with pytest.raises(ValueError, match="multiple of"):
+        JudgeConfig(image_size=20, stages=3)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("judge")
+    cache = write_cache(root / "cache")
+    result = train_judge(cache, JudgeConfig(image_size=16, width=8, stages=2),
+                         TrainConfig(epochs=3, batch_size=32, lr=3e-3, progress=False, threads=1))
+    return cache, result, root
+
+
+def test_judge_learns_what_the_image_shows_and_marks_what_it_cannot_judge(trained):
+    _, result, _ = trained
+    assert result.auc[SMILING] > 0.95 and result.auc[MALE] > 0.95
+    assert result.can_judge[SMILING] and result.can_judge[MALE]
+    # Labels the pictures do not show: AUC near chance, so the judge must not judge them.
+    noise = [k for k in range(len(ATTRIBUTES)) if k not in (SMILING, MALE)]
+    assert np.nanmean(result.auc[noise]) < 0.65
+    assert sum(result.can_judge[k] for k in noise) <= 2  # chance may pass one or two of 38
+
+
+def test_judge_bundle_round_trip(trained):
+    cache, result, root = trained
+    path = save_judge(root / "bundle", result, {"cache": cache.hash})
+    loaded = load_judge(path)
+    x = torch.rand(4, 3, 16, 16)
+    assert torch.equal(loaded.model.state_dict()["head.weight"], result.model.state_dict()["head.weight"])
+    torch.testing.assert_close(loaded.model(x), result.model(x), rtol=0, atol=1e-6)  # kernels may differ by layout
+    assert loaded.can_judge.tolist() == result.can_judge
+    np.testing.assert_allclose(loaded.auc, np.round(result.auc, 6), equal_nan=True)
+    meta = json.loads((path / "config.json").read_text())
+    assert meta["kind"] == "judge" and "Smiling" not in meta["judge"]["cannot_judge"]
+
+
+def test_load_judge_refuses_another_kind(tmp_path):
+    from faceedit.bundle import save_bundle
+    from faceedit.pca import PCA, PCAConfig
+
+    save_bundle(tmp_path / "pca", PCA(PCAConfig(image_size=4, latent_dim=2)), {})
+    with pytest.raises(ValueError, match="kind 'pca', expected a judge"):
+        load_judge(tmp_path / "pca")
+
+
+def test_judge_cli_smoke(tmp_path, capsys):
+    from faceedit.cli import main
+
+    write_cache(tmp_path / "cache", n=160)
+    code = main(["judge", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "j"),
+                 "--image-size", "16", "--width", "4", "--stages", "2", "--epochs", "1",
+                 "--batch-size", "32", "--no-progress"])
+    assert code == 0
+    assert "cannot_judge" in capsys.readouterr().out
+    assert load_judge(tmp_path / "j").model.config.width == 4

@@ -1,0 +1,177 @@
+"""Helpers of the Ray tests (no tests here): a tiny cache, a tiny model, a loopback Ray cluster
+made with `ray start`, and a process-tree killer that stops only the processes a test started."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from faceedit.attributes import ATTRIBUTES
+
+REPO = Path(__file__).resolve().parents[1]
+RAY = str(Path(sys.executable).with_name("ray"))
+FACEEDIT = [sys.executable, "-m", "faceedit.cli"]
+# A tiny VAE at 32x32 (diffusers-style test sizes): ~10k parameters, a step in milliseconds.
+TINY_MODEL = ["--channels", "8", "16", "--blocks", "0", "--groups", "4", "--latent-dim", "8"]
+# Ray Train V2 hands reports to its controller on each health-check tick (2 s by default).
+FAST_RAY_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
+# Written into <storage>/<run name>/ by Ray Train once it has registered a checkpoint.
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def write_tiny_cache(root: Path, n: int, val: int, size: int = 32, seed: int = 0) -> Path:
+    """A cache in faceedit/cache.py's format: n images (a coloured ellipse on a gradient, which a
+    VAE learns quickly), random labels, the last `val` rows in the val split."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    images = np.empty((n, 3, size, size), np.uint8)
+    for i in range(n):
+        background = rng.uniform(0, 1, (3, 1, 1)) * (0.5 + 0.5 * yy)
+        cx, cy, r = rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(0.2, 0.35)
+        face = ((xx - cx) ** 2 + ((yy - cy) / 1.3) ** 2) < r * r
+        images[i] = (np.where(face, rng.uniform(0.3, 1, (3, 1, 1)), background) * 255).astype(np.uint8)
+    root.mkdir(parents=True)
+    np.save(root / "images.npy", images)
+    np.save(root / "labels.npy", rng.integers(0, 2, (n, len(ATTRIBUTES))).astype(np.int8))
+    split = np.zeros(n, np.uint8)
+    split[n - val:] = 1
+    np.save(root / "split.npy", split)
+    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
+    (root / "manifest.json").write_text(json.dumps(
+        {"format": 1, "size": size, "count": n, "source": "tests", "content_hash": f"sha256:tiny-{n}-{seed}"}))
+    return root
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, poll: float = 0.05):
+    """predicate()'s first truthy value; AssertionError naming `what` after `timeout` seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def last_step(metrics_file: Path) -> int:
+    """Step of the last entry of a metrics.jsonl (0 while there is none)."""
+    try:
+        rows = read_jsonl(metrics_file)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+    return int(rows[-1]["step"]) if rows else 0
+
+
+def process_tree(pid: int) -> list[int]:
+    """pid and all its descendants (from /proc), parents first."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def kill_tree(pids: list[int], grace: float = 5.0) -> None:
+    """SIGTERM these processes, then SIGKILL those still there after `grace` seconds. Ray's agents
+    outlive a killed raylet, so the whole tree is listed before anything is signalled."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 0.0)):
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        end = time.monotonic() + wait
+        while time.monotonic() < end and any(_alive(p) for p in pids):
+            time.sleep(0.1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LoopbackCluster:
+    """A Ray head and more nodes on this machine, each a `ray start --block` process of its own.
+
+    Every process (drivers included) shares a fresh token (Ray's token authentication); `stop`
+    ends the process trees of the nodes this object started, never other Ray processes."""
+
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.temp_dir = tmp  # Ray's session folder (short: its sockets live there)
+        self.env = {**os.environ, **FAST_RAY_ENV, "RAY_AUTH_MODE": "token",
+                    "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_ADDRESS": ""}
+        self.nodes: list[subprocess.Popen] = []
+        self.trees: list[int] = []
+
+    def start_node(self, cpus: int, resources: dict[str, float], log: Path) -> None:
+        head = not self.nodes
+        cmd = [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+               f"--num-cpus={cpus}", "--num-gpus=0", f"--resources={json.dumps(resources)}"]
+        cmd += (["--head", f"--port={self.port}", "--include-dashboard=false",
+                 f"--temp-dir={self.temp_dir}"] if head else [f"--address={self.address}"])
+        node = subprocess.Popen(cmd, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        self.nodes.append(node)
+
+        def up() -> bool:
+            assert node.poll() is None, f"`ray start` exited ({node.returncode}):\n{log.read_text()[-2000:]}"
+            return not head or subprocess.run([RAY, "health-check", "--address", self.address],
+                                              env=self.env, capture_output=True).returncode == 0
+
+        wait_for(up, 90, f"the Ray node of {self.address} (log: {log})", poll=0.5)
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> dict[str, dict[str, float]]:
+        """node id -> resources, once `count` nodes are alive (asked by a short-lived driver)."""
+        code = ("import json, sys, time, ray\nray.init()\n"
+                f"end = time.monotonic() + {timeout}\n"
+                "while True:\n"
+                "    nodes = {n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}\n"
+                f"    if len(nodes) >= {count} or time.monotonic() > end: break\n"
+                "    time.sleep(0.2)\n"
+                "print(json.dumps(nodes)); ray.shutdown()")
+        out = subprocess.run([sys.executable, "-c", code], env={**self.env, "RAY_ADDRESS": self.address},
+                             capture_output=True, text=True, timeout=timeout + 60)
+        assert out.returncode == 0, out.stderr[-2000:]
+        nodes = json.loads(out.stdout.strip().splitlines()[-1])
+        assert len(nodes) >= count, f"{len(nodes)} of {count} Ray nodes came up: {nodes}"
+        return nodes
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            self.trees.extend(process_tree(node.pid))
+        kill_tree(self.trees)
+        for node in self.nodes:
+            node.wait(timeout=10)

@@ -1,0 +1,432 @@
+"""Distributed training of the VAE on Ray Train: the library's loop (`faceedit.trainer.fit`) in a
+`TorchTrainer`, one process per worker, DDP between them.
+
+As in Ray's torch_fashion_mnist_example, Ray touches the plain PyTorch loop at its seams only:
+  - the model:   `ray.train.torch.prepare_model` (DDP; NCCL on GPU, gloo on CPU) via `wrap_model`
+  - the data:    each worker reads its shard of the memory-mapped cache itself (`rank`,
+                 `world_size` -> the loop's DistributedSampler-like `ShardedBatches`): no copy of
+                 the dataset goes through Ray's object store
+  - the report:  `ray.train.report(metrics, checkpoint)` at every epoch end and every K steps
+                 (`on_report`); `ray.train.get_checkpoint()` on (re)start (`resume`)
+  - the run:     `TorchTrainer(...).fit()` here, in the driver
+
+Ray Train API: the V2 one (Ray >= 2.51 makes it the default, RAY_TRAIN_V2_ENABLED=1). We rely on
+two of its behaviours that V1 lacks: (1) a driver started again with the same `RunConfig(name,
+storage_path)` finds the run's checkpoint-manager snapshot in storage, so `get_checkpoint()` hands
+the workers the last checkpoint (resume after a killed driver); (2) a failed worker restarts the
+whole worker group from the last checkpoint, `FailureConfig(max_failures)` times.
+
+Ray is imported inside functions only, so `faceedit train --help` (which reads `RayConfig`) starts
+without loading it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal
+
+import torch
+
+from faceedit.bundle import config_to_dict, save_bundle
+from faceedit.cache import Cache
+from faceedit.files import atomic_write_json
+from faceedit.model import VAE, VAEConfig
+from faceedit.trainer import TrainConfig
+
+STATE_FILE = "state.pt"  # the loop's checkpoint state dict inside a Ray checkpoint folder
+MIN_OBJECT_STORE = 80 * 2**20  # Ray refuses less than 75 MiB
+MAX_OBJECT_STORE = 512 * 2**20  # only checkpoint metadata passes through it; data never does
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    gpu: Literal["auto", "yes", "no"] = field(default="auto", metadata={
+        "help": "auto: one GPU per worker when the cluster has one for every worker, else CPU; "
+                "yes: require GPUs (error when the cluster has too few); no: CPU only"})
+    address: str = field(default="", metadata={
+        "help": "Ray cluster to join (host:port of the head, or auto); empty: $RAY_ADDRESS if set, "
+                "else a local Ray just for this run, listening on 127.0.0.1 only"})
+    run_name: str = field(default="", metadata={
+        "help": "name of the run under --storage; run again with the same name to resume it from "
+                "its last checkpoint (empty: the bundle's name plus a hash of cache and settings, "
+                "so rerunning an interrupted command resumes it)"})
+    storage: str = field(default="runs/ray", metadata={
+        "help": "Ray storage_path for checkpoints and logs; on a multi-node cluster a folder every "
+                "node sees at the same path (NFS, a shared volume) or a URI such as s3://bucket/x"})
+    max_failures: int = field(default=2, metadata={
+        "help": "restart the workers from the last checkpoint this many times after a worker "
+                "dies (-1: without limit)"})
+    keep_checkpoints: int = field(default=3, metadata={
+        "help": "checkpoints kept in storage, the most recent ones (0: all)"})
+    cpus_per_worker: int = field(default=0, metadata={
+        "help": "CPUs reserved per worker, also its torch threads (0: the most every worker gets "
+                "on the cluster's nodes, so N workers on N cores do not oversubscribe)"})
+    num_cpus: int = field(default=0, metadata={
+        "help": "CPUs of the local Ray started without --address (0: all cores of this machine)"})
+
+    def __post_init__(self) -> None:
+        if self.gpu not in ("auto", "yes", "no"):
+            raise ValueError(f"RayConfig.gpu={self.gpu!r}: expected auto, yes or no")
+        for name in ("keep_checkpoints", "cpus_per_worker", "num_cpus"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"RayConfig.{name}={getattr(self, name)}: expected >= 0")
+        if self.max_failures < -1:
+            raise ValueError(f"RayConfig.max_failures={self.max_failures}: expected >= -1")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How the workers sit on the cluster: the same resources for every worker."""
+    workers: int
+    use_gpu: bool
+    cpus_per_worker: int
+    note: str  # why, in words (printed)
+
+
+@dataclass(frozen=True)
+class RayRun:
+    bundle: Path
+    run_dir: str  # the run's folder in storage (checkpoints, Ray's snapshot)
+    log_dir: Path | None  # metrics.jsonl, figures/, workers/rank*.json (rank 0's loop output)
+    metrics: dict[str, float]  # the last report (the final validation)
+    checkpoints: list[dict[str, float]]  # metrics of the kept checkpoints, oldest first
+    placement: Placement
+
+
+# ---------------------------------------------------------------------------- planning (no Ray)
+
+def plan_placement(nodes: list[dict[str, float]], workers: int, gpu: str,
+                   cpus_per_worker: int = 0) -> Placement:
+    """Resources per worker from the alive nodes' resources ({"CPU": n, "GPU": m, ...} each).
+
+    With cpus_per_worker = 0 each worker gets the largest CPU count c for which the nodes can hold
+    all workers at once (sum over nodes of floor(CPU / c), with GPU workers also limited to one per
+    GPU), so 2 workers on 2 cores take 1 core and 1 torch thread each instead of 2 threads each.
+    """
+    if workers < 1:
+        raise ValueError(f"workers={workers}: expected >= 1 (0 runs the plain loop without Ray)")
+    gpus = sum(int(n.get("GPU", 0)) for n in nodes)
+    if gpu == "yes" and gpus < workers:
+        raise ValueError(f"--gpu yes: {workers} workers need {workers} GPUs, the cluster has {gpus}")
+    use_gpu = gpu == "yes" or (gpu == "auto" and gpus >= workers)
+    note = (f"{workers} GPU worker(s), NCCL" if use_gpu else
+            f"CPU workers, gloo ({gpus} GPU(s) in the cluster" + (
+                f", fewer than {workers} workers)" if gpu == "auto" and gpus else ")"))
+
+    def fits(c: int) -> bool:
+        slots = 0
+        for n in nodes:
+            k = int(n.get("CPU", 0) // c)
+            slots += min(k, int(n.get("GPU", 0))) if use_gpu else k
+        return slots >= workers
+
+    if cpus_per_worker:
+        return Placement(workers, use_gpu, cpus_per_worker, note)
+    most = int(max((n.get("CPU", 0) for n in nodes), default=0))
+    best = next((c for c in range(most, 0, -1) if fits(c)), 0)
+    if best == 0:
+        cpus = int(sum(n.get("CPU", 0) for n in nodes))
+        raise ValueError(f"{workers} workers do not fit the cluster: {cpus} CPUs in {len(nodes)} "
+                         f"node(s){', ' + str(gpus) + ' GPUs' if use_gpu else ''}; each worker "
+                         "needs at least 1 CPU" + (" and 1 GPU" if use_gpu else ""))
+    return Placement(workers, use_gpu, best, note)
+
+
+def default_run_name(out: Path, cache_hash: str, model_config: VAEConfig,
+                     train_config: TrainConfig, workers: int) -> str:
+    """`<bundle name>-<8 hex>`: the same command resumes its own run, changed settings start anew."""
+    key = json.dumps({"cache": cache_hash, "model": config_to_dict(model_config),
+                      "train": dataclasses.asdict(train_config), "workers": workers}, sort_keys=True)
+    return f"{out.name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+
+def local_object_store_bytes() -> int:
+    """A modest object store for a local Ray: 5% of RAM, between 80 and 512 MiB."""
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(min(max(ram // 20, MIN_OBJECT_STORE), MAX_OBJECT_STORE))
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def save_state(state: dict[str, Any], folder: Path) -> None:
+    """The loop's state dict (tensors and plain values) as one file in a checkpoint folder."""
+    torch.save(state, folder / STATE_FILE)
+
+
+def load_state(folder: str | Path) -> dict[str, Any]:
+    """Inverse of `save_state`; weights_only: a checkpoint in shared storage executes nothing."""
+    file = Path(folder) / STATE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: missing (not a faceedit Ray checkpoint)")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------- the driver
+
+def train_on_ray(cache: str | Path, out: str | Path, model_config: VAEConfig,
+                 train_config: TrainConfig, workers: int, ray_config: RayConfig = RayConfig(),
+                 log_dir: str | Path | None = None, meta: dict[str, Any] | None = None) -> RayRun:
+    """Train the VAE of `model_config` on the cache's train split with `workers` Ray workers and
+    write the model bundle to `out` (atomically). `train_config.batch_size` is per worker: the
+    effective batch is workers x batch_size; the learning rate is used as given.
+
+    Joins the cluster of `ray_config.address` (or $RAY_ADDRESS), else starts a local Ray and shuts
+    it down at the end, whatever happens. A run of the same name in `ray_config.storage` resumes
+    from its last checkpoint. `log_dir` (default: <storage>/<run>/log for local storage) receives
+    rank 0's metrics.jsonl and figures; `meta` is added to the bundle's config.json.
+    """
+    import ray
+
+    cache_obj = Cache.open(cache)  # fail here, before Ray starts, on a bad cache
+    if cache_obj.size != model_config.image_size:
+        raise ValueError(f"{cache_obj.root}: images are {cache_obj.size}x{cache_obj.size}, the "
+                         f"model config expects image_size={model_config.image_size}")
+    out = Path(out)
+    name = ray_config.run_name or default_run_name(out, cache_obj.hash, model_config,
+                                                   train_config, workers)
+    storage = _storage_path(ray_config.storage)
+    if log_dir is None and "://" not in storage:
+        log_dir = Path(storage) / name / "log"
+    started = _connect(ray_config)
+    try:
+        nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+        placement = plan_placement(nodes, workers, ray_config.gpu, ray_config.cpus_per_worker)
+        spec = {"cache": str(Path(cache).resolve()), "model": config_to_dict(model_config),
+                "train": dataclasses.asdict(train_config), "threads": placement.cpus_per_worker,
+                "log_dir": str(Path(log_dir).resolve()) if log_dir is not None else None}
+        _say(f"ray: run {name!r} in {storage}; {placement.note}; {workers} x batch "
+             f"{train_config.batch_size} = effective batch {workers * train_config.batch_size}, "
+             f"peak lr {train_config.lr:g} (AdamW, {train_config.schedule}); "
+             f"{placement.cpus_per_worker} CPU(s) and torch thread(s) per worker")
+        result = _fit(spec, placement, ray_config, name, storage)
+    finally:
+        if started:
+            ray.shutdown()
+    return _write_bundle(result, out, model_config, train_config, cache_obj, placement, name,
+                         log_dir, meta)
+
+
+def _storage_path(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """Make a local Ray listen on 127.0.0.1 only. Ray resolves an explicit 127.0.0.1 to the
+    machine's network address; this switch (named for Windows/macOS, where it is the default)
+    makes it use the loopback address instead. Set only while the local Ray's processes start."""
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    old = os.environ.get(key)
+    os.environ[key] = "0"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def _connect(config: RayConfig) -> bool:
+    """Join the cluster at config.address / $RAY_ADDRESS, or start a local Ray. True when this
+    call connected (ray.shutdown() then disconnects, and stops a Ray it started); False when
+    the caller had already connected."""
+    import ray
+
+    address = config.address or os.environ.get("RAY_ADDRESS", "")
+    if ray.is_initialized():
+        return False
+    # Errors only from Ray's own loggers in this job's processes: without a dashboard the state
+    # API is absent and Ray Train's placement-group watchdog would warn about it every few
+    # seconds; our progress lines go to stdout, not through logging.
+    quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
+    if address:
+        ray.init(address=address, logging_config=quiet)
+        return True
+    with _loopback_only():
+        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(),
+                 include_dashboard=False, object_store_memory=local_object_store_bytes(),
+                 logging_config=quiet)
+    return True
+
+
+def _fit(spec: dict[str, Any], placement: Placement, config: RayConfig, name: str, storage: str):
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config=spec,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=placement.workers, use_gpu=placement.use_gpu,
+            resources_per_worker={"CPU": placement.cpus_per_worker,
+                                  **({"GPU": 1} if placement.use_gpu else {})}),
+        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage,
+            failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=config.keep_checkpoints or None),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+    )
+    return trainer.fit()
+
+
+def _write_bundle(result, out: Path, model_config: VAEConfig, train_config: TrainConfig,
+                  cache: Cache, placement: Placement, name: str, log_dir, meta) -> RayRun:
+    """The model bundle from the run's last checkpoint (written by the driver: the checkpoint in
+    storage is how the weights travel from the workers)."""
+    if result.checkpoint is None:
+        raise RuntimeError(f"Ray run {name!r} ended without a checkpoint (error: {result.error})")
+    with result.checkpoint.as_directory() as folder:
+        state = load_state(folder)
+    model = VAE(model_config)
+    model.load_state_dict(state["model"])
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    bundle_meta = {"cache": cache.hash, "training": dataclasses.asdict(train_config),
+                   "metrics": metrics, "steps": int(state["step"]),
+                   "ray": {"run": name, "path": result.path, "workers": placement.workers,
+                           "gpu": placement.use_gpu, "cpus_per_worker": placement.cpus_per_worker,
+                           "effective_batch_size": placement.workers * train_config.batch_size},
+                   **(meta or {})}
+    save_bundle(out, model, bundle_meta)
+    checkpoints = [m for _, m in result.best_checkpoints]
+    checkpoints.sort(key=lambda m: m.get("step", 0))
+    _say(f"ray: bundle {out} (step {state['step']}, epoch {state['epoch']})")
+    return RayRun(out, result.path, Path(log_dir) if log_dir else None, metrics, checkpoints,
+                  placement)
+
+
+def _say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------- the workers
+
+def _train_worker(spec: dict[str, Any]) -> None:
+    """One Ray Train worker: the library's loop, with Ray at its seams."""
+    import ray.train
+    import ray.train.torch
+
+    from faceedit.objective import VAEObjective
+    from faceedit.trainer import fit
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _quiet_report_log()
+    torch.set_num_threads(spec["threads"])
+    # The tqdm bar does not survive Ray's line-based log forwarding: rank 0 prints lines instead.
+    config = dataclasses.replace(TrainConfig(**_tuples(spec["train"])), progress=False,
+                                 threads=spec["threads"])
+    model_config = VAEConfig.from_dict(spec["model"])
+    torch.manual_seed(config.seed)  # the same initial weights as the plain loop (DDP syncs them)
+    model = VAE(model_config)
+    checkpoint = ray.train.get_checkpoint()  # Ray: the last checkpoint of this run, if any
+    resume = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            resume = load_state(folder)
+    log_dir = Path(spec["log_dir"]) if spec["log_dir"] else None
+    _announce(log_dir, rank, world, resume)
+    fit(model, VAEObjective(model_config), Cache.open(spec["cache"]), config, log_dir,
+        rank=rank, world_size=world,
+        wrap_model=ray.train.torch.prepare_model,  # Ray: DDP, on this worker's device
+        on_report=_Reporter(rank, world, config, resume),
+        resume=resume, device=ray.train.torch.get_device())
+
+
+def _quiet_report_log() -> None:
+    """Drop Ray Train's INFO line per report and worker (it logs to a logger named by its file
+    path, a child of root, so `LoggingConfig(log_level)` does not reach it)."""
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+
+
+def _announce(log_dir: Path | None, rank: int, world: int, resume: dict | None) -> None:
+    """workers/rank<r>.json: where this worker runs (pid, node, host), rewritten on each (re)start."""
+    import ray
+
+    info = {"rank": rank, "world_size": world, "pid": os.getpid(), "host": socket.gethostname(),
+            "node_id": ray.get_runtime_context().get_node_id(), "threads": torch.get_num_threads(),
+            "start_step": resume["step"] if resume else 0, "time": time.time()}
+    if log_dir is not None:
+        atomic_write_json(log_dir / "workers" / f"rank{rank}.json", info)
+    if rank == 0 and resume:
+        _say(f"resuming from step {resume['step']} (epoch {resume['epoch']}, "
+             f"batch {resume['epoch_step']} of it)")
+
+
+class _Reporter:
+    """`on_report` of the loop: sums images/s and averages train loss terms over the workers,
+    saves rank 0's state as the checkpoint, reports to Ray, prints rank 0's progress line."""
+
+    def __init__(self, rank: int, world: int, config: TrainConfig, resume: dict | None):
+        self.rank, self.world, self.config = rank, world, config
+        self.t0, self.step0 = time.perf_counter(), resume["step"] if resume else 0
+
+    def __call__(self, metrics: dict[str, float], state: dict[str, Any]) -> None:
+        import ray.train
+
+        metrics = {**metrics, **self._reduced(metrics), "world_size": self.world,
+                   "effective_batch_size": self.world * self.config.batch_size}
+        with tempfile.TemporaryDirectory() as folder:
+            checkpoint = None
+            if self.rank == 0:  # one copy of the (replicated) DDP state is enough
+                save_state(state, Path(folder))
+                checkpoint = ray.train.Checkpoint.from_directory(folder)
+            # Ray: a barrier across workers; persists the checkpoint to storage and registers it
+            ray.train.report(metrics, checkpoint=checkpoint,
+                             checkpoint_dir_name=f"checkpoint_step{state['step']:08d}")
+        if self.rank == 0 and "val_total" in metrics:
+            _say(self._line(metrics, state))
+
+    def _reduced(self, metrics: dict[str, float]) -> dict[str, float]:
+        """images/s summed, train_* means averaged over the workers (every rank calls this)."""
+        import torch.distributed as dist
+
+        keys = ["images_per_s"] + sorted(k for k in metrics if k.startswith("train_"))
+        if self.world == 1 or not dist.is_initialized():
+            return {k: metrics[k] for k in keys}
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+        values = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(values)
+        values = values.cpu().tolist()
+        return {k: v if k == "images_per_s" else v / self.world for k, v in zip(keys, values)}
+
+    def _line(self, m: dict[str, float], state: dict[str, Any]) -> str:
+        total = state["scheduler"]["total_steps"]
+        done = m["step"] - self.step0
+        rate = done / max(time.perf_counter() - self.t0, 1e-9)
+        eta = (total - m["step"]) / rate if rate > 0 else float("inf")
+        if self.config.max_minutes:
+            eta = min(eta, max(60 * self.config.max_minutes - m["elapsed_s"], 0.0))
+        terms = " ".join(f"{k[6:]} {v:.4g}" for k, v in m.items()
+                         if k.startswith("train_") and k != "train_log_sigma")
+        val = " ".join(f"{k[4:]} {m[k]:.4g}" for k in ("val_total", "val_psnr", "val_bpd") if k in m)
+        return (f"epoch {m['epoch']:.2f}/{self.config.epochs} step {m['step']}/{total} | train "
+                f"{terms} | val {val} | {m['images_per_s']:.0f} img/s over {self.world} "
+                f"worker(s) | ETA {_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
