@@ -109,3 +109,13 @@ def test_the_dockerfile_copies_what_exists_and_installs_the_entry_point():
     assert "pip install" in text
     pyproject = (REPO / "pyproject.toml").read_text()
     assert 'faceedit = "faceedit.cli:main"' in pyproject  # the `faceedit` command of the services
+
+
+def test_every_dollar_is_an_interpolation_compose_understands():
+    """Compose reads `${VAR}` / `${VAR:-default}` / `${VAR:?error}` and `$$` (a literal $ for the
+    container's shell); anything else, e.g. `$(`, stops `docker compose` with a format error."""
+    for n, line in enumerate((REPO / "docker-compose.yml").read_text().splitlines(), 1):
+        text = line.split(" #")[0] if not line.lstrip().startswith("#") else ""
+        for m in re.finditer(r"\$(?!\$)", text.replace("$$", "")):
+            assert re.match(r"\$\{[A-Z_][A-Z0-9_]*(:?[-?][^}$]*)?\}", text.replace("$$", "")[m.start():]), \
+                f"docker-compose.yml:{n}: {line.strip()}"

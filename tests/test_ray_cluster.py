@@ -29,7 +29,6 @@ def cluster(tmp_path_factory):
     try:
         c.start_node(1, {"head_node": 1}, tmp / "head.log")
         c.start_node(1, {"second_node": 1}, tmp / "node.log")
-        c.nodes_info = c.wait_for_nodes(2)
         yield c
     finally:
         c.stop()
@@ -69,7 +68,7 @@ def uninterrupted(cluster, cache, tmp_path_factory) -> Path:
 def test_two_nodes_train_and_the_bundle_loads(cluster, uninterrupted):
     out, log_dir = uninterrupted, uninterrupted.with_name("vae.log")
     workers = [json.loads((log_dir / "workers" / f"rank{r}.json").read_text()) for r in (0, 1)]
-    assert {w["node_id"] for w in workers} == set(cluster.nodes_info), "one worker on each node"
+    assert len({w["node_id"] for w in workers}) == 2, "one worker on each of the 2 nodes"
     assert all(w["threads"] == 1 and w["world_size"] == 2 for w in workers)
 
     rows = read_jsonl(log_dir / "metrics.jsonl")

@@ -369,8 +369,8 @@ def _announce(log_dir: Path | None, rank: int, world: int, resume: dict | None) 
     if log_dir is not None:
         atomic_write_json(log_dir / "workers" / f"rank{rank}.json", info)
     if rank == 0 and resume:
-        _say(f"resuming from step {resume['step']} (epoch {resume['epoch']}, "
-             f"batch {resume['epoch_step']} of it)")
+        _say(f"resuming from the checkpoint at step {resume['step']}: epoch {resume['epoch'] + 1}, "
+             f"batch {resume['epoch_step'] + 1} next")
 
 
 class _Reporter:
