@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/bench_editor.py [--bundle B --bank K] [--edits 200] [--threads 1 2]
 
+The round trip is measured against `faceedit serve` in its own process (as a user runs it): one
+client editing in sequence, then `--clients` clients at once, 10 edits each.
+
 Uses runs/bundle-real64 + runs/bank-real64 when they exist (or --bundle/--bank), else builds a tiny
 untrained model and bank in a temporary folder, and says which in the JSON ("model"). Prints one
 JSON object: milliseconds p50/p95 per measurement, the machine's core count and torch threads.
@@ -14,9 +17,12 @@ import json
 import os
 import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -82,31 +88,52 @@ def bench_library(editor: Editor, z: torch.Tensor, edits: int, threads: int) -> 
     return percentiles(times)
 
 
-def bench_api(editor: Editor, photo: Path | None, edits: int) -> dict:
-    from gradio_client import Client, handle_file
-    from ui.app import launch
-
+def serve(bundle: Path, bank: Path) -> tuple[subprocess.Popen, str]:
+    """`faceedit serve` in its own process (so client threads here do not share its GIL) -> URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    demo = launch(editor, port=port, block=False, quiet=True)
-    try:
-        client = Client(demo.local_url, verbose=False)
-        if photo is not None:
-            client.predict(handle_file(str(photo)), api_name="/encode")
-        else:
-            client.predict(0, api_name="/sample")
-        seq = strengths_sequence(edits, np.random.default_rng(1))
-        for s in seq[:5]:
-            client.predict(s, "balanced", False, api_name="/edit")
-        times = []
-        for s in seq:
-            start = time.perf_counter()
-            client.predict(s, "balanced", False, api_name="/edit")  # includes fetching the PNG
-            times.append(time.perf_counter() - start)
-        return percentiles(times)
-    finally:
-        demo.close()
+    cmd = [sys.executable, "-m", "faceedit.cli", "serve", "--bundle", str(bundle), "--bank", str(bank),
+           "--port", str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return proc, url
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"{' '.join(cmd)} did not answer within 120 s")
+
+
+def client_session(url: str, photo: Path | None, edits: int, seed: int) -> list[float]:
+    """One user: encode once, then `edits` edits; seconds per edit (including fetching the PNG)."""
+    from gradio_client import Client, handle_file
+
+    client = Client(url, verbose=False)
+    if photo is not None:
+        client.predict(handle_file(str(photo)), api_name="/encode")
+    else:
+        client.predict(seed, api_name="/sample")
+    times = []
+    for s in strengths_sequence(edits, np.random.default_rng(seed)):
+        start = time.perf_counter()
+        client.predict(s, "balanced", False, api_name="/edit")
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_api(url: str, photo: Path | None, edits: int, clients: int) -> dict:
+    client_session(url, photo, 5, 99)  # warm-up
+    one = client_session(url, photo, edits, 0)
+    with ThreadPoolExecutor(clients) as pool:
+        start = time.perf_counter()
+        many = [t for r in pool.map(lambda i: client_session(url, photo, 10, i), range(clients)) for t in r]
+        wall = time.perf_counter() - start
+    return {"one_client": percentiles(one),
+            f"{clients}_clients_x_10_edits": dict(percentiles(many), wall_s=round(wall, 1))}
 
 
 def main() -> None:
@@ -116,6 +143,7 @@ def main() -> None:
     p.add_argument("--edits", type=int, default=200)
     p.add_argument("--api-edits", type=int, default=100)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--clients", type=int, default=20, help="concurrent clients of the load measurement")
     args = p.parse_args()
 
     tmp = None
@@ -138,9 +166,13 @@ def main() -> None:
         "photo": str(photo) if photo else "prior sample",
         "edit_decode_only": {f"threads={t}": bench_library(editor, z, args.edits, t) for t in args.threads},
     }
-    torch.set_num_threads(args.threads[0])
-    result["api_round_trip"] = bench_api(editor, photo, args.api_edits)
-    result["api_round_trip"]["torch_threads"] = args.threads[0]
+    proc, url = serve(bundle, bank)
+    try:
+        result["api_round_trip"] = bench_api(url, photo, args.api_edits, args.clients)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    result["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
     if tmp is not None:
         tmp.cleanup()

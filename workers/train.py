@@ -10,11 +10,13 @@ As in Ray's torch_fashion_mnist_example, Ray touches the plain PyTorch loop at i
                  (`on_report`); `ray.train.get_checkpoint()` on (re)start (`resume`)
   - the run:     `TorchTrainer(...).fit()` here, in the driver
 
-Ray Train API: the V2 one (Ray >= 2.51 makes it the default, RAY_TRAIN_V2_ENABLED=1). We rely on
-two of its behaviours that V1 lacks: (1) a driver started again with the same `RunConfig(name,
-storage_path)` finds the run's checkpoint-manager snapshot in storage, so `get_checkpoint()` hands
-the workers the last checkpoint (resume after a killed driver); (2) a failed worker restarts the
-whole worker group from the last checkpoint, `FailureConfig(max_failures)` times.
+Ray Train API: V2, the default of the installed Ray 2.60 (RAY_TRAIN_V2_ENABLED unset means 1).
+What this module relies on: a driver started again with the same
+`RunConfig(name, storage_path)` finds the run's checkpoint-manager snapshot in storage, so
+`get_checkpoint()` hands the workers the last checkpoint (resume after a killed driver); a dead
+worker makes the controller restart the whole worker group from the last checkpoint,
+`FailureConfig(max_failures)` times; `report()` is a barrier of all workers, and only rank 0
+passes a checkpoint.
 
 Ray is imported inside functions only, so `faceedit train --help` (which reads `RayConfig`) starts
 without loading it.
