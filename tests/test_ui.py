@@ -433,7 +433,8 @@ def test_load_20_clients_200_edits(server, real_faces):
     times = sorted(t for r in results for t in r)
     assert len(times) == 200
     p50, p95 = statistics.median(times), times[int(0.95 * len(times)) - 1]
-    print(f"\nload: 20 clients, 200 edits, 0 errors; round trip p50 {p50 * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms")
+    print(f"\nload: 20 clients, 200 edits, 0 errors; "
+          f"round trip p50 {p50 * 1e3:.0f} ms, p95 {p95 * 1e3:.0f} ms")
 
 
 # ---------------------------------------------------------------------------- a real browser

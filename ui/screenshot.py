@@ -5,7 +5,8 @@
 
 Serves the page on a free loopback port, uploads the photo (then picks an example face if asked),
 turns on the naive-vs-balanced view, drags one attribute's slider like a person would, waits for
-the edited face to change, and saves the whole page. Playwright drives Debian's Chromium (`playwright install` cannot download one here).
+the edited face to change, and saves the whole page. Playwright drives Debian's Chromium
+(`playwright install` cannot download one here).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def drag(page, selector: str, fraction: float) -> None:
 def wait_for_new_src(page, selector: str, before: str | None) -> str:
     """Wait until the image at `selector` shows a different file than `before`; its new src."""
     page.wait_for_function(
-        "([sel, before]) => { const i = document.querySelector(sel); return i && i.src && i.src !== before; }",
+        "([sel, before]) => { const i = document.querySelector(sel);"
+        " return i && i.src && i.src !== before; }",
         arg=[selector, before], timeout=WAIT_MS)
     return page.locator(selector).get_attribute("src")
 
