@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import sys
 import typing
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -550,6 +551,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else "")
     args = parser.parse_args(argv)
     run = globals()[f"_run_{args.command}"]
+    # Warnings (tiny cells, duplicate images...) name what they are about: one line each, without
+    # the source line Python shows by default.
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
         return int(run(args) or 0)
     except (ValueError, FileNotFoundError) as e:
