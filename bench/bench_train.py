@@ -1,10 +1,13 @@
-"""Training throughput of the default VAE with the plain loop, and the cost of reading batches.
+"""Training throughput of the default VAE with the plain loop, fp32 vs bf16 autocast side by
+side, and the cost of reading batches.
 
-    .venv/bin/python bench/bench_train.py --cache runs/cache-real64 [--steps 60] [--batch-size 64]
+    .venv/bin/python bench/bench_train.py --cache runs/main/cache [--steps 60] [--rounds 3]
 
-Prints one JSON object: train images/s (steady state, after warm-up steps), the model's size, and
-milliseconds per batch to read the memory-mapped cache two ways: per-item `CacheDataset` + the
-default collate of a DataLoader, vs the loop's `read_batch` (one sorted fancy-index copy).
+Prints one JSON object: train images/s (steady state, after warm-up steps) in fp32 and in bf16
+autocast, measured in alternating rounds (fp32, bf16, fp32, ...) so that a change in the machine's
+load shows as spread, not bias: the medians and the median of the per-round ratios; the model's
+size; and milliseconds per batch to read the memory-mapped cache two ways: per-item `CacheDataset`
++ the default collate of a DataLoader, vs the loop's `read_batch` (one sorted fancy-index copy).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from faceedit.cache import Cache, CacheDataset
 from faceedit.model import VAE, VAEConfig
 from faceedit.objective import VAEObjective
-from faceedit.trainer import ShardedBatches, TrainConfig, read_batch
+from faceedit.trainer import ShardedBatches, TrainConfig, cpu_has_bf16, read_batch
 
 
 def read_costs(cache: Cache, batch_size: int, batches: int) -> dict[str, float]:
@@ -40,7 +43,8 @@ def read_costs(cache: Cache, batch_size: int, batches: int) -> dict[str, float]:
     return {"read_batch_ms": 1e3 * sliced, "dataset_collate_ms": 1e3 * per_item}
 
 
-def train_rate(cache: Cache, config: VAEConfig, train: TrainConfig, steps: int, warmup: int) -> float:
+def train_rate(cache: Cache, config: VAEConfig, train: TrainConfig, steps: int, warmup: int,
+               bf16: bool) -> float:
     torch.manual_seed(0)
     model = VAE(config).to(memory_format=torch.channels_last)
     objective = VAEObjective(config)
@@ -50,10 +54,12 @@ def train_rate(cache: Cache, config: VAEConfig, train: TrainConfig, steps: int, 
         if i == warmup:
             t = time.perf_counter()
         batch = read_batch(cache, next(sampler), torch.device("cpu"), torch.Generator().manual_seed(i), True)
-        loss = objective.loss(model, batch)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = objective.loss(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.total.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+        if train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
         opt.step()
     return steps * train.batch_size / (time.perf_counter() - t)
 
@@ -65,19 +71,27 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--batch-size", type=int, default=TrainConfig().batch_size)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating fp32/bf16 rounds")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cache = Cache.open(args.cache)
     config = VAEConfig(image_size=cache.size)
     train = TrainConfig(batch_size=args.batch_size)
-    rate = train_rate(cache, config, train, args.steps, args.warmup)
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for _ in range(args.rounds):
+        for name in rates:
+            rates[name].append(train_rate(cache, config, train, args.steps, args.warmup, name == "bf16"))
+    ratios = [b / f for f, b in zip(rates["fp32"], rates["bf16"])]
     print(json.dumps({
         "bench": "train", "cache": args.cache, "model": config.to_dict(),
         "params": sum(p.numel() for p in VAE(config).parameters()), "batch_size": args.batch_size,
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],
-        "train_images_per_s": round(rate, 1),
+        "cpu_has_bf16": cpu_has_bf16(),
+        "train_images_per_s": {k: round(float(np.median(v)), 1) for k, v in rates.items()},
+        "rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
+        "bf16_over_fp32": round(float(np.median(ratios)), 3),
         **{k: round(v, 2) for k, v in read_costs(cache, args.batch_size, 20).items()},
     }))
 

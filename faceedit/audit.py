@@ -288,6 +288,8 @@ def edit_stats(attr: str, alpha: float, edited: np.ndarray, rec: np.ndarray, ori
     delta = (edited - rec) / sd  # (B, 40) logit change in sd units
     delta_orig = (edited - orig) / sd
     leak = delta.mean(axis=0)  # (40,) signed mean: the systematic shift of every b
+    # its standard error over these faces: how far a leakage may be from 0 by chance alone
+    leak_se = delta.std(axis=0, ddof=1) / math.sqrt(len(delta)) if len(delta) > 1 else np.full(len(leak), np.nan)
     others = np.array([b != k and can_judge[b] for b in range(len(ATTRIBUTES))])
     summary = _over_others(leak, others)
     return {
@@ -299,6 +301,7 @@ def edit_stats(attr: str, alpha: float, edited: np.ndarray, rec: np.ndarray, ori
         "flip": float((hit_edit & ~hit_rec).mean()),  # judged not-target before, target after
         "target_sd": float(delta[:, k].mean()),
         "leakage": leak,  # (40,) signed, sd units; leak[k] is the target's own change
+        "leakage_se": leak_se,  # (40,) standard error of each leakage (sd of the change / sqrt(faces))
         "ad": np.abs(delta).mean(axis=0),  # (40,) mean |change| / sd (Wu et al.'s AD per b)
         "leakage_vs_original": delta_orig.mean(axis=0),  # (40,)
         "leak_mean": summary["mean"],

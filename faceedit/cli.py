@@ -393,7 +393,12 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_sample(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="model bundle folder (faceedit train)")
     p.add_argument("-n", type=int, default=64, help="faces to draw (default: 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed of z ~ N(0, I) (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the codes z (default: 0)")
+    p.add_argument("--prior", choices=("fitted", "standard"), default="fitted",
+                   help="fitted: z from the Gaussian fitted to the training faces' codes after "
+                        "training (faces); standard: z ~ N(0, I), the VAE's own prior (default: fitted)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="scale of z's spread around the prior's mean; < 1 nearer the mode (default: 1)")
     p.add_argument("--out", type=Path, required=True, help="PNG file to write (atomically)")
 
 
@@ -406,7 +411,10 @@ def _run_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise ValueError(f"-n {args.n}: expected at least 1 face")
     model = load_bundle(args.bundle).model
-    faces = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed))
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature {args.temperature}: expected > 0")
+    faces = model.sample(args.n, generator=torch.Generator().manual_seed(args.seed),
+                         temperature=args.temperature, standard=args.prior == "standard")
     save_png(args.out, grid(faces))
     print(f"wrote {args.out}: {args.n} samples from {args.bundle}")
     return 0

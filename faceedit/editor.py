@@ -182,9 +182,10 @@ class Editor:
         return {m: self.edit(z, strengths, m) for m in methods}
 
     def sample(self, seed: int) -> tuple[torch.Tensor, np.ndarray]:
-        """A face from the prior: z ~ N(0, I) drawn with `seed` -> (z (D,), uint8 (S, S, 3))."""
+        """A face from the bundle's sampling prior (the Gaussian fitted to the training faces' codes;
+        N(0, I) for a bundle without one), drawn with `seed` -> (z (D,), uint8 (S, S, 3))."""
         g = torch.Generator().manual_seed(int(seed))
-        z = torch.randn(self.dim, generator=g)
+        z = self.model.sample_latents(1, g)[0]
         return z, self.decode(z)
 
     @torch.inference_mode()

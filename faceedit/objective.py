@@ -8,12 +8,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
-from faceedit.cache import Cache
-
-from faceedit.figures import grid
+from faceedit.cache import Cache, to_float
+from faceedit.figures import grid, save_png
 from faceedit.metrics import bits_per_dim, psnr
 from faceedit.model import VAE, VAEConfig, VAELoss, VAEOutput, gaussian_nll, kl_divergence, vae_loss
 from faceedit.trainer import Batch, TrainConfig, TrainResult, fit
@@ -60,13 +60,38 @@ class VAEObjective:
     @torch.no_grad()
     def figures(self, model: VAE, batch: Batch) -> dict[str, torch.Tensor]:
         """reconstructions: rows of 8 originals, each followed by a row of their decode(mu);
-        samples: decode(z), z ~ N(0, I) with a fixed seed (the same z every epoch)."""
+        samples: decode(z), z ~ N(0, I) with a fixed seed (the same z every epoch; the prior is
+        fitted after training, see `fit_prior`)."""
         x = batch.images[: self.figure_images].float()
         recon = model.reconstruct(x).float()
         rows = [t for i in range(0, len(x), 8) for t in (x[i: i + 8], recon[i: i + 8])]
         g = torch.Generator(device=x.device).manual_seed(1234)
         samples = model.sample(self.figure_samples, generator=g)
         return {"reconstructions": grid(torch.cat(rows), ncol=8), "samples": grid(samples, ncol=8)}
+
+
+@torch.no_grad()
+def fit_prior(model: VAE, cache: Cache, log_dir: str | Path | None = None, batch_size: int = 500,
+              max_images: int = 50_000) -> dict[str, Any]:
+    """Fit the model's sampling prior to its aggregate posterior on the cache's train split (at
+    most `max_images`, evenly spaced) -> what to record in the bundle. With `log_dir`, also save
+    figures/samples_fitted.png beside the per-epoch grids (the same seed as theirs)."""
+    rows = cache.indices("train")
+    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_images)).astype(int)]
+    if len(rows) <= model.config.latent_dim:  # too few faces for a full covariance
+        return {"fitted_on": None, "images": len(rows),
+                "why": f"N(0, I) kept: {len(rows)} train faces, a fit needs more than D = {model.config.latent_dim}"}
+    model.eval()
+    codes = [model.encode(to_float(cache.images[rows[i: i + batch_size]]))
+             for i in range(0, len(rows), batch_size)]
+    mu, logvar = (torch.cat(c) for c in zip(*codes))
+    model.fit_prior(mu, logvar)
+    if log_dir is not None:
+        g = torch.Generator().manual_seed(1234)
+        save_png(Path(log_dir) / "figures" / "samples_fitted.png", grid(model.sample(64, g), ncol=8))
+    eig = torch.linalg.eigvalsh(model.prior_scale_tril @ model.prior_scale_tril.T)
+    return {"fitted_on": "train", "images": len(rows), "variance_min": float(eig.min()),
+            "variance_max": float(eig.max())}
 
 
 def train_vae(cache: str | Path | Cache, out: str | Path, model_config: VAEConfig,
@@ -86,7 +111,8 @@ def train_vae(cache: str | Path | Cache, out: str | Path, model_config: VAEConfi
     torch.manual_seed(train_config.seed)  # initial weights (the Ray worker seeds the same way)
     model = VAE(model_config)
     result = fit(model, VAEObjective(model_config), cache, train_config, log_dir, **fit_seams)
-    result.model.cpu().eval()
-    save_bundle(out, result.model, {"cache": cache.hash, "training": asdict(train_config),
-                                    "metrics": result.metrics, "steps": result.step, **(meta or {})})
+    model = result.model.cpu().eval()
+    prior = fit_prior(model, cache, log_dir)
+    save_bundle(out, model, {"cache": cache.hash, "training": asdict(train_config), "prior": prior,
+                             "metrics": result.metrics, "steps": result.step, **(meta or {})})
     return result

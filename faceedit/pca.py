@@ -62,9 +62,14 @@ class PCA(nn.Module):
         return self.decode(self.encode(x)[0])
 
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=self.mean.device)
-        return self.decode(z)
+    def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
+               standard: bool = False) -> torch.Tensor:
+        return self.decode(self.sample_latents(n, generator, temperature, standard))
+
+    def sample_latents(self, n: int, generator: torch.Generator | None = None,
+                       temperature: float = 1.0, standard: bool = False) -> torch.Tensor:
+        """z ~ N(0, t^2 I): the PCA codes are whitened, so the standard prior is already fitted."""
+        return temperature * torch.randn(n, self.config.latent_dim, generator=generator, device=self.mean.device)
 
 
 @torch.no_grad()

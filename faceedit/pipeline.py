@@ -101,14 +101,16 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "default": Profile(
         "default", synth_faces=20000, limit=None, image_size=64, model={},
-        train=dict(epochs=100, max_minutes=8.0),
-        judge={}, judge_train=dict(epochs=20, max_minutes=2.0, lr=2e-3),
+        train=dict(epochs=100, max_minutes=8.0, batch_size=16),  # x 2 workers
+        judge={}, judge_train=dict(epochs=20, max_minutes=2.0, lr=2e-3,
+                                             batch_size=64, grad_clip=1.0),
         audit=dict(faces=64),
         eta_s=dict(synth=60, prepare=30, train=510, vectors=60, judge=130, audit=150, figures=10)),
     "quick": Profile(
         "quick", synth_faces=4000, limit=4000, image_size=64, model={},
-        train=dict(epochs=100, max_minutes=1.5),
-        judge={}, judge_train=dict(epochs=20, max_minutes=0.5, lr=2e-3),
+        train=dict(epochs=100, max_minutes=1.5, batch_size=16),
+        judge={}, judge_train=dict(epochs=20, max_minutes=0.5, lr=2e-3,
+                                             batch_size=64, grad_clip=1.0),
         audit=dict(faces=24, strengths=(-2.0, 2.0),
                    attributes=("Smiling", "Male", "Eyeglasses", "Heavy_Makeup", "Blond_Hair")),
         eta_s=dict(synth=15, prepare=10, train=100, vectors=15, judge=35, audit=30, figures=5)),

@@ -23,7 +23,7 @@ import numpy as np
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.files import atomic_dir
 
-PER_ATTRIBUTE = ("leakage", "ad", "leakage_vs_original")  # (40,) arrays in an edit's stats
+PER_ATTRIBUTE = ("leakage", "leakage_se", "ad", "leakage_vs_original")  # (40,) arrays in an edit's stats
 
 
 # ---------------------------------------------------------------------------- json
@@ -136,7 +136,9 @@ def verdicts(result: dict[str, Any], latent: str = "vae") -> dict[str, dict[str,
         line = f"{attr}, {best}: {s['efficacy']:+.2f} P({attr})"
         for i, b in enumerate(named):
             k = attribute_index(b)
-            line += (f", {b}{' leakage' if i == 0 else ''} {abs(s['leakage'][k]):.2f} sd vs "
+            se = s.get("leakage_se", [math.nan] * len(ATTRIBUTES))[k]
+            line += (f", {b}{' leakage' if i == 0 else ''} {abs(s['leakage'][k]):.2f}"
+                     f"{f' ± {se:.2f}' if se is not None and math.isfinite(se) else ''} sd vs "
                      f"{abs(by_method[ref]['leakage'][k]):.2f} sd {ref}")
         top = s["leak_max_attribute"]
         if top is not None and top not in named:
@@ -221,7 +223,7 @@ def leakage_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["latent", "attribute", "method", "strength", "other", "leakage_sd", "ad_sd",
-                "leakage_vs_original_sd", "attribute_judgeable", "other_judgeable"])
+                "leakage_vs_original_sd", "leakage_se_sd", "attribute_judgeable", "other_judgeable"])
     for name, lat in result["latents"].items():
         for attr, by_method in lat["edits"].items():
             for method, by_alpha in by_method.items():
@@ -229,7 +231,7 @@ def leakage_csv(result: dict[str, Any]) -> str:
                     for k, other in enumerate(ATTRIBUTES):
                         w.writerow([name, attr, method, _alpha_key(alpha), other,
                                     _fmt(s["leakage"][k]), _fmt(s["ad"][k]),
-                                    _fmt(s["leakage_vs_original"][k]),
+                                    _fmt(s["leakage_vs_original"][k]), _fmt(s["leakage_se"][k]),
                                     int(can[attribute_index(attr)]), int(can[k])])
     return buf.getvalue()
 

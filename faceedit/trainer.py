@@ -50,18 +50,23 @@ class TrainConfig:
     max_minutes: float = field(default=8.0, metadata={"help": "wall-clock budget in minutes (0: none). "
                                "With a budget the LR schedule follows elapsed time, so it still "
                                "anneals to the end; runs are then not bit-reproducible"})
-    batch_size: int = field(default=64, metadata={"help": "images per step per worker"})
+    batch_size: int = field(default=32, metadata={"help": "images per step per worker. At a fixed "
+                            "CPU budget more, smaller steps win: 32 per step beat 64 by 0.45 dB val PSNR "
+                            "in 3 CPU minutes (the main job runs 2 Ray workers x 16)"})
     lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW decoupled weight decay"})
     schedule: Schedule = field(default="cosine", metadata={"help": "cosine: linear warmup then cosine "
                                "decay to 0; constant: lr throughout"})
     warmup: float = field(default=0.03, metadata={"help": "fraction of training spent warming up"})
-    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm (0: off)"})
+    grad_clip: float = field(default=0.0, metadata={"help": "max global gradient norm (0: off). Off "
+                             "by default: the VAE's summed-pixel loss has norms far above 1, and clipping "
+                             "at 1 cost 0.2 dB val PSNR in 3 CPU minutes (Adam rescales steps anyway)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips of train images"})
     seed: int = field(default=0, metadata={"help": "seed of weights, shuffling, flips and noise"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu, cuda, cuda:1"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
-        "help": "auto: bf16 autocast on GPU, fp32 on CPU"})
+        "help": "auto: bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16 or AMX: "
+                "1.3x the images/s of fp32 on this CPU), else fp32"})
     channels_last: bool = field(default=True, metadata={"help": "NHWC memory format for images and "
                                 "conv weights (faster on GPU, and ~2x on this CPU with oneDNN)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's choice)"})
@@ -187,6 +192,12 @@ def lr_factor(progress: float, config: TrainConfig) -> float:
     return 0.5 * (1 + math.cos(math.pi * t))
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (else oneDNN emulates it, slower than fp32)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe is not None and probe() for probe in probes)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -231,7 +242,7 @@ class _Loop:
         self.device = device or resolve_device(config.device)
         on_gpu = self.device.type == "cuda"
         self.channels_last = config.channels_last
-        bf16 = config.precision == "bf16" or (config.precision == "auto" and on_gpu)
+        bf16 = config.precision == "bf16" or (config.precision == "auto" and (on_gpu or cpu_has_bf16()))
         self.autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if bf16
                          else contextlib.nullcontext())
         if config.threads:

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
-from faceedit.audit import (AuditConfig, Latent, attribute_rates, choose_faces, phi_matrix,
-                            run_audit, top_leaking)
+from faceedit.audit import (AuditConfig, Latent, attribute_rates, choose_faces, edit_stats,
+                            phi_matrix, run_audit, top_leaking)
 from faceedit.cache import Cache
 from faceedit.report import latent_comparison, leak_at_efficacy, verdicts, write_report
 
@@ -158,7 +158,7 @@ def test_a_vector_that_is_male_plus_smiling_is_reported_as_leaking_into_male(wor
     assert naive["identity_feature"] > balanced["identity_feature"] > 0
     assert naive["psnr"] < balanced["psnr"]
     text = verdicts(result)["Smiling"]["text"]
-    assert text.startswith("Smiling, balanced:") and "Male leakage 0.00 sd vs" in text
+    assert text.startswith("Smiling, balanced:") and "Male leakage 0.00 ± 0.00 sd vs" in text
     assert top_leaking(result, 1) == ["Smiling"]
 
 
@@ -248,3 +248,18 @@ def test_config_errors_name_the_field():
         AuditConfig(strengths=(0.0, 1.0), headline=1.0)
     with pytest.raises(ValueError, match="headline"):
         AuditConfig(strengths=(1.0,), headline=2.0)
+
+
+def test_leakage_carries_its_standard_error_over_the_faces():
+    """leakage_se = sd of the per-face change / sqrt(faces), in the same sd units as the leakage."""
+    rng = np.random.default_rng(0)
+    n, k = 50, attribute_index("Male")
+    rec = rng.normal(size=(n, 40))
+    change = rng.normal(0.3, 2.0, size=n)
+    edited = rec.copy()
+    edited[:, k] += change
+    sd = np.full(40, 2.0)
+    s = edit_stats("Smiling", 2.0, edited, rec, rec, sd, np.ones(40, bool), np.ones(n), 1.0, np.ones(n))
+    assert s["leakage"][k] == pytest.approx(change.mean() / 2)
+    assert s["leakage_se"][k] == pytest.approx(change.std(ddof=1) / 2 / np.sqrt(n))
+    assert s["leakage_se"][attribute_index("Young")] == 0  # unchanged attributes: no spread

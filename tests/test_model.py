@@ -134,3 +134,34 @@ def test_reparameterize_is_seeded_and_differentiable():
     assert torch.equal(a, b)
     a.sum().backward()
     assert torch.equal(mu.grad, torch.ones(2, 3))
+
+
+def test_unfitted_prior_is_the_standard_normal():
+    model = VAE(VAEConfig(image_size=32, **TINY))
+    z = model.sample_latents(5, torch.Generator().manual_seed(3))
+    assert torch.equal(z, torch.randn(5, 6, generator=torch.Generator().manual_seed(3)))
+
+
+def test_fit_prior_matches_the_aggregate_posterior_moments():
+    """Codes drawn from the fitted prior have the mixture's mean and covariance: cov(mu) plus the
+    mean posterior variance on the diagonal (here mu ~ N(m, A A^T), sigma^2 = 0.25)."""
+    g = torch.Generator().manual_seed(0)
+    model = VAE(VAEConfig(image_size=32, **TINY))
+    m, A = torch.arange(6.0) - 2, torch.randn(6, 6, generator=g)
+    mu = m + torch.randn(20_000, 6, generator=g) @ A.T
+    model.fit_prior(mu, torch.full_like(mu, math.log(0.25)))
+    z = model.sample_latents(40_000, g).double()
+    want = (A @ A.T + 0.25 * torch.eye(6)).double()
+    assert torch.allclose(z.mean(0), m.double(), atol=0.1)
+    assert torch.allclose(torch.cov(z.T), want, atol=0.05 * want.abs().max())
+    standard = model.sample_latents(40_000, g, standard=True)
+    assert torch.allclose(torch.cov(standard.T), torch.eye(6), atol=0.05)
+    assert model.sample(3, g).shape == (3, 3, 32, 32)
+
+
+def test_fit_prior_rejects_bad_shapes():
+    model = VAE(VAEConfig(image_size=32, **TINY))
+    with pytest.raises(ValueError, match=r"expected two \(N, 6\) with N > 6"):
+        model.fit_prior(torch.zeros(4, 6), torch.zeros(4, 6))
+    with pytest.raises(ValueError, match=r"expected two \(N, 6\)"):
+        model.fit_prior(torch.zeros(50, 5), torch.zeros(50, 5))

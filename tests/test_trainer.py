@@ -149,3 +149,28 @@ def test_bad_settings_are_clear_errors(cache):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="fewer than one batch"):
         _train(cache, replace(FAST, batch_size=100))
+
+
+class _GradNorms(VAEObjective):
+    """Records the global gradient norm the optimizer stepped with (after any clipping)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.norms = []
+
+    def after_step(self, model, loss):
+        super().after_step(model, loss)
+        grads = [p.grad.flatten() for p in model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.cat(grads).norm()))
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_gradient_clipping_bounds_the_step_norm(cache, clip):
+    objective = _GradNorms(TINY)
+    torch.manual_seed(0)
+    fit(VAE(TINY), objective, cache, replace(FAST, epochs=1, grad_clip=clip))
+    assert len(objective.norms) == 6
+    if clip:
+        assert max(objective.norms) <= clip * (1 + 1e-4)
+    else:  # unclipped, the summed-pixel loss has norms far above it
+        assert min(objective.norms) > 10 * 0.5

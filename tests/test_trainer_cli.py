@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from faceedit.bundle import load_bundle
@@ -31,6 +32,12 @@ def test_train_writes_a_bundle_with_its_provenance(trained):
     log = root / "bundle.log"
     assert len((log / "metrics.jsonl").read_text().splitlines()) == 3
     assert (log / "figures" / "samples_e002.png").is_file()
+    assert (log / "figures" / "samples_fitted.png").is_file()
+    assert b.meta["prior"]["fitted_on"] == "train" and b.meta["prior"]["images"] == 40
+    # the fitted prior is the training codes' Gaussian, not N(0, I)
+    assert not torch.equal(b.model.prior_scale_tril, torch.eye(4))
+    mu, _ = b.model.encode(torch.rand(2, 3, 16, 16))
+    assert mu.shape == (2, 4)
 
 
 def test_sample_writes_a_grid(trained, tmp_path):
@@ -39,6 +46,17 @@ def test_sample_writes_a_grid(trained, tmp_path):
     assert main(["sample", "--bundle", str(root / "bundle"), "-n", "6", "--out", str(out)]) == 0
     w, h = Image.open(out).size
     assert (w, h) == (3 * 18 + 2, 2 * 18 + 2)  # 6 faces of 16 px, 3 columns, 2 px gaps
+    standard = tmp_path / "standard.png"
+    assert main(["sample", "--bundle", str(root / "bundle"), "-n", "6", "--prior", "standard",
+                 "--out", str(standard)]) == 0
+    assert not np.array_equal(np.asarray(Image.open(out)), np.asarray(Image.open(standard)))
+
+
+def test_sample_rejects_a_bad_temperature(trained, tmp_path, capsys):
+    root, _ = trained
+    assert main(["sample", "--bundle", str(root / "bundle"), "--temperature", "0",
+                 "--out", str(tmp_path / "g.png")]) == 2
+    assert "--temperature 0.0: expected > 0" in capsys.readouterr().err
 
 
 def test_reconstruct_photos(trained, tmp_path, capsys):

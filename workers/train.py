@@ -45,6 +45,7 @@ from faceedit.bundle import config_to_dict, save_bundle
 from faceedit.cache import Cache
 from faceedit.files import atomic_write_json
 from faceedit.model import VAE, VAEConfig
+from faceedit.objective import fit_prior
 from faceedit.trainer import TrainConfig
 
 STATE_FILE = "state.pt"  # the loop's checkpoint state dict inside a Ray checkpoint folder
@@ -295,9 +296,10 @@ def _write_bundle(result, out: Path, model_config: VAEConfig, train_config: Trai
         state = load_state(folder)
     model = VAE(model_config)
     model.load_state_dict(state["model"])
+    prior = fit_prior(model, cache, log_dir)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     bundle_meta = {"cache": cache.hash, "training": dataclasses.asdict(train_config),
-                   "metrics": metrics, "steps": int(state["step"]),
+                   "metrics": metrics, "prior": prior, "steps": int(state["step"]),
                    "ray": {"run": name, "path": result.path, "workers": placement.workers,
                            "gpu": placement.use_gpu, "cpus_per_worker": placement.cpus_per_worker,
                            "effective_batch_size": placement.workers * train_config.batch_size},
