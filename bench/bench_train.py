@@ -48,7 +48,7 @@ def train_rate(cache: Cache, config: VAEConfig, train: TrainConfig, steps: int, 
     torch.manual_seed(0)
     model = VAE(config).to(memory_format=torch.channels_last)
     objective = VAEObjective(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
     sampler = iter(ShardedBatches(cache.indices("train"), train.batch_size, seed=0))
     for i in range(warmup + steps):
         if i == warmup:

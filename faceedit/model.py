@@ -136,12 +136,10 @@ class Decoder(nn.Module):
             _stage(nn.ConvTranspose2d(cin, cout, 4, stride=2, padding=1), cout, cfg)
             for cin, cout in zip(widths[:-1], widths[1:])
         ])
-        last = widths[-1]
-        self.out = nn.Sequential(
-            nn.ConvTranspose2d(last, last, 4, stride=2, padding=1),
-            _norm(cfg.norm, last, cfg.groups), nn.SiLU(),
-            nn.Conv2d(last, 3, 3, padding=1),
-        )
+        # Straight to RGB at full resolution: a further 16-channel layer at S x S (transposed conv,
+        # SiLU, 3x3 conv) cost 24% of a CPU training step, and at a fixed budget the model without
+        # it trained 1.3x faster and ended 0.3 dB higher (3-minute runs side by side).
+        self.out = nn.ConvTranspose2d(widths[-1], 3, 4, stride=2, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = self.head(z).view(-1, *self.shape)  # (B, D) -> (B, C_last, S/2^k, S/2^k)
