@@ -196,6 +196,7 @@ def train_judge(cache, config: JudgeConfig, train: "TrainConfig", out_dir: str |
     val = cache.indices("val")
     if len(val) == 0:
         raise ValueError(f"{cache.root}: the val split is empty; the judge's AUC needs held-out faces")
+    torch.manual_seed(train.seed)  # initial weights: the same judge for the same inputs
     result = fit(Judge(config), JudgeObjective(), cache, train, out_dir, **fit_seams)
     model = result.model.cpu().eval()
     batches = (read_batch(cache, r, torch.device("cpu"))

@@ -70,7 +70,8 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("judge")
     cache = write_cache(root / "cache")
     result = train_judge(cache, JudgeConfig(image_size=16, width=8, stages=2),
-                         TrainConfig(epochs=3, batch_size=32, lr=3e-3, progress=False, threads=1))
+                         TrainConfig(epochs=3, batch_size=32, lr=3e-3, grad_clip=1.0, progress=False,
+                                     threads=1))
     return cache, result, root
 
 
