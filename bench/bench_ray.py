@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 from faceedit import trainer  # noqa: E402
 from faceedit.attributes import ATTRIBUTES  # noqa: E402
-from faceedit.cache import Cache  # noqa: E402
+from faceedit.cache import Cache, write_arrays  # noqa: E402
 from faceedit.model import VAE, VAEConfig  # noqa: E402
 from faceedit.objective import VAEObjective  # noqa: E402
 from faceedit.trainer import TrainConfig, fit  # noqa: E402
@@ -52,16 +52,8 @@ def synthetic_cache(root: Path, n: int, size: int, val: int) -> Path:
     rng = np.random.default_rng(0)
     small = rng.integers(0, 256, (n, 3, size // 8, size // 8), dtype=np.uint8)
     images = small.repeat(8, axis=2).repeat(8, axis=3)  # (n, 3, size, size)
-    root.mkdir(parents=True)
-    np.save(root / "images.npy", images)
-    np.save(root / "labels.npy", rng.integers(0, 2, (n, len(ATTRIBUTES))).astype(np.int8))
-    split = np.zeros(n, np.uint8)
-    split[n - val:] = 1
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
-    (root / "manifest.json").write_text(json.dumps({"format": 1, "size": size, "count": n,
-                                                    "source": "bench", "content_hash": f"bench-{n}-{size}"}))
-    return root
+    labels = rng.integers(0, 2, (n, len(ATTRIBUTES)))
+    return write_arrays(root, images, labels, f"bench-{n}-{size}", val=val, source="bench")
 
 
 def epoch_rate(history: list[dict], images_per_epoch: int) -> dict[str, float]:

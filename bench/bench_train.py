@@ -4,8 +4,8 @@ side, and the cost of reading batches.
     .venv/bin/python bench/bench_train.py --cache runs/main/cache [--steps 60] [--rounds 3]
 
 Prints one JSON object: train images/s (steady state, after warm-up steps) in fp32 and in bf16
-autocast, measured in alternating rounds (fp32, bf16, fp32, ...) so that a change in the machine's
-load shows as spread, not bias: the medians and the median of the per-round ratios; the model's
+autocast with the fused AdamW the loop uses, and in bf16 with the per-tensor AdamW, measured in
+alternating rounds so that a change in the machine's load shows as spread, not bias: the medians and the median of the per-round ratios; the model's
 size; and milliseconds per batch to read the memory-mapped cache two ways: per-item `CacheDataset`
 + the default collate of a DataLoader, vs the loop's `read_batch` (one sorted fancy-index copy).
 """
@@ -44,11 +44,11 @@ def read_costs(cache: Cache, batch_size: int, batches: int) -> dict[str, float]:
 
 
 def train_rate(cache: Cache, config: VAEConfig, train: TrainConfig, steps: int, warmup: int,
-               bf16: bool) -> float:
+               bf16: bool, fused: bool = True) -> float:
     torch.manual_seed(0)
     model = VAE(config).to(memory_format=torch.channels_last)
     objective = VAEObjective(config)
-    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay, fused=fused)
     sampler = iter(ShardedBatches(cache.indices("train"), train.batch_size, seed=0))
     for i in range(warmup + steps):
         if i == warmup:
@@ -78,11 +78,13 @@ def main() -> None:
     cache = Cache.open(args.cache)
     config = VAEConfig(image_size=cache.size)
     train = TrainConfig(batch_size=args.batch_size)
-    rates: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": [], "bf16_per_tensor_adamw": []}
     for _ in range(args.rounds):
         for name in rates:
-            rates[name].append(train_rate(cache, config, train, args.steps, args.warmup, name == "bf16"))
+            rates[name].append(train_rate(cache, config, train, args.steps, args.warmup,
+                                          bf16=name != "fp32", fused=name != "bf16_per_tensor_adamw"))
     ratios = [b / f for f, b in zip(rates["fp32"], rates["bf16"])]
+    fused = [b / u for b, u in zip(rates["bf16"], rates["bf16_per_tensor_adamw"])]
     print(json.dumps({
         "bench": "train", "cache": args.cache, "model": config.to_dict(),
         "params": sum(p.numel() for p in VAE(config).parameters()), "batch_size": args.batch_size,
@@ -92,6 +94,7 @@ def main() -> None:
         "train_images_per_s": {k: round(float(np.median(v)), 1) for k, v in rates.items()},
         "rounds": {k: [round(x, 1) for x in v] for k, v in rates.items()},
         "bf16_over_fp32": round(float(np.median(ratios)), 3),
+        "fused_over_per_tensor_adamw": round(float(np.median(fused)), 3),
         **{k: round(v, 2) for k, v in read_costs(cache, args.batch_size, 20).items()},
     }))
 

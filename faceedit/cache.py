@@ -91,6 +91,26 @@ class Cache:
         return np.flatnonzero(self.split == SPLITS[split])
 
 
+def write_arrays(root: str | Path, images: np.ndarray, labels: np.ndarray, content_hash: str,
+                 val: int = 0, **manifest) -> Path:
+    """A cache folder from arrays already in memory (tests, benchmarks): images uint8 (N, 3, S, S),
+    labels (N, 40) in {0, 1}; the last `val` rows form the val split, the rest train. `prepare`
+    is the way from photos; this is the way from pixels a program made."""
+    root = Path(root)
+    n, size = len(images), images.shape[-1]
+    split = np.zeros(n, np.uint8)
+    if val:
+        split[n - val:] = SPLITS["val"]
+    root.mkdir(parents=True, exist_ok=True)
+    np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
+    np.save(root / "labels.npy", np.asarray(labels).astype(np.int8))
+    np.save(root / "split.npy", split)
+    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
+    (root / "manifest.json").write_text(json.dumps({"format": CACHE_FORMAT, "size": size, "count": n,
+                                                    "content_hash": content_hash, **manifest}))
+    return root
+
+
 def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """uint8 (B, 3, S, S) -> float32 in [0, 1]."""
     return torch.as_tensor(np.array(images)).float().div_(255.0)  # copy: memmaps are read-only

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from faceedit.attributes import ATTRIBUTES
+from faceedit.cache import write_arrays
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -40,16 +41,8 @@ def write_tiny_cache(root: Path, n: int, val: int, size: int = 32, seed: int = 0
         cx, cy, r = rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.65), rng.uniform(0.2, 0.35)
         face = ((xx - cx) ** 2 + ((yy - cy) / 1.3) ** 2) < r * r
         images[i] = (np.where(face, rng.uniform(0.3, 1, (3, 1, 1)), background) * 255).astype(np.uint8)
-    root.mkdir(parents=True)
-    np.save(root / "images.npy", images)
-    np.save(root / "labels.npy", rng.integers(0, 2, (n, len(ATTRIBUTES))).astype(np.int8))
-    split = np.zeros(n, np.uint8)
-    split[n - val:] = 1
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
-    (root / "manifest.json").write_text(json.dumps(
-        {"format": 1, "size": size, "count": n, "source": "tests", "content_hash": f"sha256:tiny-{n}-{seed}"}))
-    return root
+    labels = rng.integers(0, 2, (n, len(ATTRIBUTES)))
+    return write_arrays(root, images, labels, f"sha256:tiny-{n}-{seed}", val=val, source="tests")
 
 
 def read_jsonl(path: Path) -> list[dict]:

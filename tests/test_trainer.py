@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from faceedit.bundle import weights_digest
-from faceedit.cache import Cache
+from faceedit.cache import Cache, write_arrays
 from faceedit.model import VAE, VAEConfig
 from faceedit.objective import VAEObjective
 from faceedit.trainer import NonFiniteLoss, ShardedBatches, TrainConfig, fit, lr_factor
@@ -21,7 +21,6 @@ FAST = TrainConfig(epochs=2, max_minutes=0, batch_size=8, lr=3e-3, progress=Fals
 
 def make_cache(root: Path, n: int = 64, size: int = 16, val: int = 16, seed: int = 0) -> Path:
     """A cache in faceedit.cache's format: coloured discs on grey (learnable, varied)."""
-    root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size] / size
     images = np.empty((n, 3, size, size), np.uint8)
@@ -29,15 +28,7 @@ def make_cache(root: Path, n: int = 64, size: int = 16, val: int = 16, seed: int
         cx, cy, r = rng.uniform(0.3, 0.7, 3)
         disc = (xx - cx) ** 2 + (yy - cy) ** 2 < (r / 2) ** 2
         images[i] = 255 * (0.2 + 0.6 * disc[None] * rng.uniform(0, 1, (3, 1, 1)))
-    split = np.zeros(n, np.uint8)
-    split[n - val:] = 1
-    np.save(root / "images.npy", images)
-    np.save(root / "labels.npy", rng.integers(0, 2, (n, 40)).astype(np.int8))
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
-    (root / "manifest.json").write_text(json.dumps(
-        {"format": 1, "count": n, "size": size, "content_hash": f"test-{seed}"}))
-    return root
+    return write_arrays(root, images, rng.integers(0, 2, (n, 40)), f"test-{seed}", val=val)
 
 
 @pytest.fixture(scope="module")
