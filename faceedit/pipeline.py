@@ -101,15 +101,17 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "default": Profile(
         "default", synth_faces=20000, limit=None, image_size=64, model={},
-        # 2 workers x 16; at that batch lr 1.4e-3 edged out 2e-3 (3-minute runs)
-        train=dict(epochs=100, max_minutes=8.0, batch_size=16, lr=1.4e-3),
+        # 2 workers x 16; at that batch lr 1.4e-3 edged out 2e-3 (3-minute runs). Local SGD,
+        # weights averaged every 4 steps: 1.16x the images/s of DDP on 2 CPU workers and +0.03 dB
+        # val PSNR in 8 minutes (BENCHMARKS.md; `faceedit train --sync-every 1` is DDP).
+        train=dict(epochs=100, max_minutes=8.0, batch_size=16, lr=1.4e-3, sync_every=4),
         judge={}, judge_train=dict(epochs=20, max_minutes=2.0, lr=2e-3,
                                              batch_size=64, grad_clip=1.0),
         audit=dict(faces=64),
         eta_s=dict(synth=60, prepare=30, train=510, vectors=60, judge=130, audit=150, figures=10)),
     "quick": Profile(
         "quick", synth_faces=4000, limit=4000, image_size=64, model={},
-        train=dict(epochs=100, max_minutes=1.5, batch_size=16),
+        train=dict(epochs=100, max_minutes=1.5, batch_size=16, sync_every=4),
         judge={}, judge_train=dict(epochs=20, max_minutes=0.5, lr=2e-3,
                                              batch_size=64, grad_clip=1.0),
         audit=dict(faces=24, strengths=(-2.0, 2.0),

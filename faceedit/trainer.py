@@ -10,7 +10,10 @@ memory-mapped cache, a progress bar, a JSON-lines metrics log and PNG figures.
 Seams for distributed training (workers/train.py wraps `fit` in Ray Train; Ray is imported there,
 never here):
   wrap_model(model) -> model   e.g. DDP or ray.train.torch.prepare_model; the loss goes through the
-                               wrapped model's forward, validation and figures use the bare model
+                               wrapped model's forward, validation and figures use the bare model.
+                               With TrainConfig.sync_every = K > 1 the wrapper must not be DDP: the
+                               loop itself averages the weights over torch.distributed every K
+                               steps and before every report (local SGD)
   rank, world_size             each worker reads its own shard of the train rows (`ShardedBatches`,
                                DistributedSampler-like, with set_epoch); only rank 0 validates,
                                writes files and shows progress
@@ -72,11 +75,15 @@ class TrainConfig:
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's choice)"})
     report_every: int = field(default=0, metadata={"help": "also report/checkpoint every K steps (0: "
                               "epoch ends only)"})
+    sync_every: int = field(default=1, metadata={"help": "distributed runs: 1 all-reduces the "
+                            "gradients every step (DDP); K > 1 lets each worker take K steps on its "
+                            "own, then averages the weights (local SGD, Lin et al. 2020): 1/K of "
+                            "the communication"})
     val_images: int = field(default=0, metadata={"help": "validate on the first N val images (0: all)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (rank 0)"})
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "sync_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: expected >= 1")
         if self.lr <= 0 or not 0 <= self.warmup < 1 or self.max_minutes < 0:
@@ -254,6 +261,10 @@ class _Loop:
         if resume is not None:
             self.model.load_state_dict(resume["model"])
         self.wrapped = wrap_model(self.model) if wrap_model is not None else self.model
+        self.local_sgd = (config.sync_every > 1 and world_size > 1
+                          and torch.distributed.is_available() and torch.distributed.is_initialized())
+        if self.local_sgd:
+            average_weights(self.model)  # the same start everywhere (DDP would broadcast it)
         # fused: one kernel over all parameters instead of ~10 ops per tensor (the same update;
         # 1.17x the images/s of a 1-thread CPU step of the VAE at batch 16, bench/bench_train.py)
         self.optimizer = torch.optim.AdamW(self.wrapped.parameters(), lr=config.lr,
@@ -295,8 +306,8 @@ class _Loop:
     def elapsed(self) -> float:
         seconds = self.elapsed_before + (time.perf_counter() - self.start)
         if self.config.max_minutes > 0 and self.world_size > 1 and torch.distributed.is_initialized():
-            # DDP ranks must agree on the time budget: else one stops while another waits for it
-            # in the next gradient all-reduce (a hang), and their time-based LRs drift apart.
+            # Distributed ranks must agree on the time budget: else one stops while another waits
+            # for it in the next collective (a hang), and their time-based LRs drift apart.
             # Rank 0's clock decides; every rank calls elapsed() at the same points of the loop.
             nccl = torch.distributed.get_backend() == "nccl"
             t = torch.tensor([seconds], dtype=torch.float64, device=self.device if nccl else "cpu")
@@ -376,6 +387,8 @@ class _Loop:
         if after_step is not None:
             after_step(self.model, loss)
         self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
+        if self.local_sgd and self.step % self.config.sync_every == 0:
+            average_weights(self.model)
         for k, v in _floats(loss).items():
             self._sums[k] = self._sums.get(k, 0.0) + v
         self._steps += 1
@@ -393,6 +406,8 @@ class _Loop:
 
     def _report(self, validate: bool) -> None:
         """Train means since the last report (+ validation at epoch ends) -> log and on_report."""
+        if self.local_sgd:
+            average_weights(self.model)  # one model to validate and checkpoint
         metrics = {"epoch": self.epoch + self.epoch_step / len(self.batches), "step": self.step,
                    "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self._rate(),
                    "elapsed_s": self.elapsed()}
@@ -445,6 +460,21 @@ class _Loop:
         from tqdm.auto import tqdm
         return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                     mininterval=1.0)
+
+
+@torch.no_grad()
+def average_weights(model: nn.Module) -> None:
+    """Replace every floating parameter and buffer of `model` by its mean over the workers of the
+    default torch.distributed group: one all-reduce of a flat copy. `copy_` back keeps each
+    tensor's memory format (channels_last conv weights stay channels_last)."""
+    tensors = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    torch.distributed.all_reduce(flat)
+    flat /= torch.distributed.get_world_size()
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset: offset + t.numel()].view(t.shape))
+        offset += t.numel()
 
 
 def _copy_to_cpu(value: Any) -> Any:

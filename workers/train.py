@@ -1,8 +1,10 @@
 """Distributed training of the VAE on Ray Train: the library's loop (`faceedit.trainer.fit`) in a
-`TorchTrainer`, one process per worker, DDP between them.
+`TorchTrainer`, one process per worker, kept in step by DDP or by local SGD (`--sync-every`).
 
 As in Ray's torch_fashion_mnist_example, Ray touches the plain PyTorch loop at its seams only:
-  - the model:   `ray.train.torch.prepare_model` (DDP; NCCL on GPU, gloo on CPU) via `wrap_model`
+  - the model:   `ray.train.torch.prepare_model` (DDP; NCCL on GPU, gloo on CPU) via `wrap_model`;
+                 with sync_every > 1 it only moves the model to the worker's device, and the
+                 loop averages the weights over Ray's process group every sync_every steps
   - the data:    each worker reads its shard of the memory-mapped cache itself (`rank`,
                  `world_size` -> the loop's DistributedSampler-like `ShardedBatches`): no copy of
                  the dataset goes through Ray's object store
@@ -209,9 +211,11 @@ def train_on_ray(cache: str | Path, out: str | Path, model_config: VAEConfig,
         spec = {"cache": str(Path(cache).resolve()), "model": config_to_dict(model_config),
                 "train": dataclasses.asdict(train_config), "threads": placement.cpus_per_worker,
                 "log_dir": str(Path(log_dir).resolve()) if log_dir is not None else None}
+        sync = (f"local SGD, weights averaged every {train_config.sync_every} steps"
+                if train_config.sync_every > 1 else "DDP")
         _say(f"ray: run {name!r} in {storage}; {placement.note}; {workers} x batch "
              f"{train_config.batch_size} = effective batch {workers * train_config.batch_size}, "
-             f"peak lr {train_config.lr:g} (AdamW, {train_config.schedule}); "
+             f"peak lr {train_config.lr:g} (AdamW, {train_config.schedule}, {sync}); "
              f"{placement.cpus_per_worker} CPU(s) and torch thread(s) per worker")
         result = _fit(spec, placement, ray_config, name, storage)
     finally:
@@ -346,9 +350,19 @@ def _train_worker(spec: dict[str, Any]) -> None:
     _announce(log_dir, rank, world, resume)
     fit(model, VAEObjective(model_config), Cache.open(spec["cache"]), config, log_dir,
         rank=rank, world_size=world,
-        wrap_model=ray.train.torch.prepare_model,  # Ray: DDP, on this worker's device
+        wrap_model=_wrapper(config),
         on_report=_Reporter(rank, world, config, resume),
         resume=resume, device=ray.train.torch.get_device())
+
+
+def _wrapper(config: TrainConfig):
+    """Ray's prepare_model: DDP on this worker's device, or (local SGD, sync_every > 1) the bare
+    model on its device: the loop then averages the weights itself every sync_every steps."""
+    import ray.train.torch
+
+    if config.sync_every > 1:
+        return lambda model: ray.train.torch.prepare_model(model, parallel_strategy=None)
+    return ray.train.torch.prepare_model
 
 
 def _quiet_report_log() -> None:
