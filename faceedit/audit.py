@@ -584,15 +584,16 @@ class AuditInputs:
 
     cache: Any  # faceedit.cache.Cache
     latents: dict[str, Latent]
-    judge: Any  # faceedit.judge.LoadedJudge
+    judge: Any  # faceedit.judge.LoadedJudge (one judge or a committee)
     bank: Any  # the VAE's AttributeBank
     record: dict[str, str]  # input names and hashes for report.json
 
 
-def load_inputs(bundle: str, bank: str, cache: str, judge: str, config: AuditConfig,
+def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], config: AuditConfig,
                 pca_bundle: str | None = None, pca_bank: str | None = None,
                 progress: bool = True) -> AuditInputs:
-    """Open and cross-check the inputs. With config.pca, the PCA baseline comes from pca_bundle and
+    """Open and cross-check the inputs. Several judge folders make a committee (the mean of their
+    logits, faceedit.judge.Committee). With config.pca, the PCA baseline comes from pca_bundle and
     pca_bank when given (a bundle of kind "pca" and a bank built on it), else it is fitted here."""
     from pathlib import Path
 
@@ -600,9 +601,11 @@ def load_inputs(bundle: str, bank: str, cache: str, judge: str, config: AuditCon
     from faceedit.bundle import load_bundle
     from faceedit.cache import Cache
     from faceedit.files import sha256_file
-    from faceedit.judge import load_judge
+    from faceedit.judge import load_committee
 
-    c, vae, bk, jd = Cache.open(cache), load_bundle(bundle), AttributeBank.load(bank), load_judge(judge)
+    judges = [judge] if isinstance(judge, (str, Path)) else list(judge)
+    c, vae, bk = Cache.open(cache), load_bundle(bundle), AttributeBank.load(bank)
+    jd = load_committee(judges, c)
     D = vae.config.latent_dim
     if bk.dim != D:
         raise ValueError(f"{bank}: vectors of dimension {bk.dim}, but the bundle {bundle} has latent_dim {D}")
@@ -614,7 +617,8 @@ def load_inputs(bundle: str, bank: str, cache: str, judge: str, config: AuditCon
         "bank": Path(bank).name, "bank_json_sha256": sha256_file(Path(bank) / "bank.json"),
         "bank_vectors_sha256": sha256_file(Path(bank) / "vectors.safetensors"),
         "cache": Path(cache).name, "cache_content_hash": c.hash,
-        "judge": Path(judge).name, "judge_weights_sha256": jd.meta["weights"]["sha256"],
+        "judge": ",".join(Path(j).name for j in judges),
+        "judge_weights_sha256": jd.meta["weights"]["sha256"],
     }
     latents = {"vae": Latent(vae.model, bk)}
     if config.pca and (pca_bundle is None) != (pca_bank is None):
@@ -643,6 +647,7 @@ def compute(inputs: AuditInputs, config: AuditConfig, runner: Runner | None = No
     j = inputs.judge
     result = run_audit(inputs.cache, inputs.latents, j.model, j.auc, j.min_auc, config, runner,
                        progress, device)
+    result["judge"]["members"] = max(len(j.members), 1)
     result["bank_cells"] = bank_cells(inputs.bank, result["attributes"])
     methods = [m for m in ("naive", "balanced") if m in config.methods] or list(config.methods)[:2]
     tops = top_leaking(result, config.strips, "vae", methods[0])
@@ -650,7 +655,7 @@ def compute(inputs: AuditInputs, config: AuditConfig, runner: Runner | None = No
     return result, strips
 
 
-def audit_folders(bundle: str, bank: str, cache: str, judge: str, out: str,
+def audit_folders(bundle: str, bank: str, cache: str, judge: str | Sequence[str], out: str,
                   config: AuditConfig = AuditConfig(), runner: Runner | None = None,
                   progress: bool = True, device: str = "cpu", pca_bundle: str | None = None,
                   pca_bank: str | None = None) -> dict[str, Any]:

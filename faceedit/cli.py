@@ -288,7 +288,9 @@ def _add_audit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", type=Path, required=True, help="VAE bundle folder (faceedit train)")
     p.add_argument("--bank", type=Path, required=True, help="attribute bank folder (faceedit vectors)")
     p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit prepare)")
-    p.add_argument("--judge", type=Path, required=True, help="judge bundle folder (faceedit judge)")
+    p.add_argument("--judge", type=Path, nargs="+", required=True, help="judge bundle folder "
+                   "(faceedit judge); several: a committee scoring with the mean of their logits "
+                   "(judges trained with different --seed), steadier leakage figures")
     p.add_argument("--out", type=Path, required=True, help="report folder to write (replaced atomically)")
     p.add_argument("--workers", type=int, default=0, help="spread the edit-and-score batches over N "
                    "Ray workers (0: in this process; the numbers are the same)")
@@ -312,7 +314,7 @@ def _run_audit(args: argparse.Namespace) -> int:
         from workers.audit import ray_runner
 
         runner = ray_runner(args.workers, progress=not args.quiet)
-    result = audit_folders(str(args.bundle), str(args.bank), str(args.cache), str(args.judge),
+    result = audit_folders(str(args.bundle), str(args.bank), str(args.cache), [str(j) for j in args.judge],
                            str(args.out), config, runner, progress=not args.quiet, device=args.device,
                            pca_bundle=args.pca_bundle and str(args.pca_bundle),
                            pca_bank=args.pca_bank and str(args.pca_bank))

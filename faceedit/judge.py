@@ -8,13 +8,19 @@ one linear layer per 40 logits), trained with the team's model-agnostic loop (fa
 and saved as a bundle of kind "judge". Its held-out ROC AUC per attribute decides which attributes it
 may judge at all: below `min_auc` (0.75) an attribute is marked "cannot judge" and the audit greys
 out its numbers instead of using them.
+
+Judges trained alike from different seeds agree on the attributes themselves (AUC within ~0.01)
+but not on what else a picture says about them (how much a smile tells about gender), and that
+moves the audit's leakages by a few hundredths of a logit sd. A `Committee` of several judges scores
+with the mean of their logits, which averages that disagreement out (`faceedit audit --judge J1
+J2 J3`); its AUC is measured afresh on the val split.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -106,6 +112,29 @@ class Judge(nn.Module):
         return self.head(f), f
 
 
+class Committee(nn.Module):
+    """Several judges as one: the mean of their logits; their penultimate features side by side."""
+
+    def __init__(self, judges: Sequence[Judge]):
+        super().__init__()
+        if not judges:
+            raise ValueError("a committee needs at least one judge")
+        sizes = sorted({j.config.image_size for j in judges})
+        if len(sizes) > 1:
+            raise ValueError(f"judges for images of sizes {sizes}: a committee's judges must read "
+                             "one image size")
+        self.judges = nn.ModuleList(judges)
+        self.config = judges[0].config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([j(x) for j in self.judges]).mean(0)
+
+    @torch.no_grad()
+    def score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = [j.score(x) for j in self.judges]
+        return torch.stack([lo for lo, _ in scores]).mean(0), torch.cat([f for _, f in scores], 1)
+
+
 def judge_loss(model: Judge, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy over the 40 attributes. x (B, 3, S, S), y (B, 40) in {0, 1}."""
     return F.binary_cross_entropy_with_logits(model(x), y)
@@ -188,22 +217,30 @@ def train_judge(cache, config: JudgeConfig, train: "TrainConfig", out_dir: str |
     `fit_seams` go to faceedit.trainer.fit unchanged (rank, world_size, wrap_model, on_report, ...),
     so the Ray worker can train it as it trains the VAE.
     """
-    from faceedit.trainer import ShardedBatches, fit, read_batch
+    from faceedit.trainer import fit
 
     if cache.size != config.image_size:
         raise ValueError(f"{cache.root}: images are {cache.size}x{cache.size}, the judge config "
                          f"expects image_size={config.image_size}")
-    val = cache.indices("val")
-    if len(val) == 0:
+    if len(cache.indices("val")) == 0:  # before training: its AUC needs held-out faces
         raise ValueError(f"{cache.root}: the val split is empty; the judge's AUC needs held-out faces")
     torch.manual_seed(train.seed)  # initial weights: the same judge for the same inputs
     result = fit(Judge(config), JudgeObjective(), cache, train, out_dir, **fit_seams)
     model = result.model.cpu().eval()
+    auc = val_auc(model, cache)
+    return JudgeResult(model, auc, judgeable(auc, config.min_auc), result.history)
+
+
+def val_auc(model: nn.Module, cache) -> np.ndarray:
+    """Per-attribute ROC AUC (40,) of a judge (or committee, in eval mode) on the cache's val split."""
+    from faceedit.trainer import ShardedBatches, read_batch
+
+    val = cache.indices("val")
+    if len(val) == 0:
+        raise ValueError(f"{cache.root}: the val split is empty; the judge's AUC needs held-out faces")
     batches = (read_batch(cache, r, torch.device("cpu"))
                for r in ShardedBatches(val, 256, shuffle=False, drop_last=False))
-    logits, labels = predict(model, batches)
-    auc = auc_per_attribute(logits, labels)
-    return JudgeResult(model, auc, judgeable(auc, config.min_auc), result.history)
+    return auc_per_attribute(*predict(model, batches))
 
 
 # ---------------------------------------------------------------------------- the bundle
@@ -224,12 +261,13 @@ def save_judge(path: str | Path, result: JudgeResult, meta: dict | None = None) 
 
 @dataclass(frozen=True)
 class LoadedJudge:
-    model: Judge  # eval mode, CPU
+    model: Judge | Committee  # eval mode, CPU
     auc: np.ndarray  # (40,) held-out AUC, NaN where unknown
     can_judge: np.ndarray  # (40,) bool
     min_auc: float
-    path: Path
+    path: Path  # the (first) judge's folder
     meta: dict
+    members: tuple[LoadedJudge, ...] = ()  # a committee's judges
 
 
 def load_judge(path: str | Path) -> LoadedJudge:
@@ -244,6 +282,27 @@ def load_judge(path: str | Path) -> LoadedJudge:
     auc = np.array([np.nan if rec.get("auc", {}).get(a) is None else rec["auc"][a] for a in ATTRIBUTES])
     min_auc = float(rec.get("min_auc", b.config.min_auc))
     return LoadedJudge(b.model, auc, np.array(judgeable(auc, min_auc)), min_auc, Path(path), b.meta)
+
+
+def load_committee(paths: Sequence[str | Path], cache) -> LoadedJudge:
+    """One judge bundle (as `load_judge`), or a committee of several whose AUC is that of their
+    mean logits on the cache's val split; min_auc is the strictest of theirs."""
+    if not paths:
+        raise ValueError("no judge given")
+    if len(paths) == 1:
+        return load_judge(paths[0])
+    judges = [load_judge(p) for p in paths]
+    digests = [j.meta["weights"]["sha256"] for j in judges]
+    for i, d in enumerate(digests):
+        if d in digests[:i]:
+            raise ValueError(f"{paths[i]}: the same weights as {paths[digests.index(d)]}; a "
+                             "committee's judges must differ (train them with other --seed)")
+    committee = Committee([j.model for j in judges]).eval()
+    auc = val_auc(committee, cache)
+    min_auc = max(j.min_auc for j in judges)
+    meta = {"committee": [str(p) for p in paths], "weights": {"sha256": ",".join(digests)}}
+    return LoadedJudge(committee, auc, np.array(judgeable(auc, min_auc)), min_auc, Path(paths[0]),
+                       meta, tuple(judges))
 
 
 def _register() -> None:

@@ -67,7 +67,8 @@ def report_document(result: dict[str, Any], inputs: dict[str, Any]) -> dict[str,
         "inputs": inputs,
         "settings": result["settings"],
         "attributes": result["attributes"],
-        "judge": {"min_auc": result["judge"]["min_auc"], "auc": _by_attr(result["judge"]["auc"]),
+        "judge": {"members": result["judge"].get("members", 1),
+                  "min_auc": result["judge"]["min_auc"], "auc": _by_attr(result["judge"]["auc"]),
                   "can_judge": _by_attr(result["judge"]["can_judge"]),
                   "cannot_judge": [a for a, ok in zip(ATTRIBUTES, result["judge"]["can_judge"]) if not ok]},
         "logit_sd": _by_attr(result["logit_sd"]),
@@ -205,14 +206,27 @@ def latent_comparison(result: dict[str, Any], a: str = "vae", b: str = "pca") ->
             la, lb = (leak_at_efficacy(c, target) for c in curves)
             if math.isfinite(la) and math.isfinite(lb):
                 rows.append((attr, target, la, lb))
+        diff = np.array([r[2] - r[3] for r in rows])
+        cleaner = int(sum(r[2] < r[3] for r in rows))
         out[method] = {
             "attributes": len(rows),
             f"{a}_mean_leakage": _num(np.mean([r[2] for r in rows])) if rows else None,
             f"{b}_mean_leakage": _num(np.mean([r[3] for r in rows])) if rows else None,
-            f"{a}_cleaner": int(sum(r[2] < r[3] for r in rows)),
+            f"{a}_cleaner": cleaner,
+            # paired over attributes: the mean of (a - b) and its standard error, and the two-sided
+            # sign test of "a cleaner on `cleaner` of them" against a coin toss
+            "difference": _num(diff.mean()) if len(diff) else None,
+            "difference_se": _num(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else None,
+            "sign_test_p": _num(sign_test(cleaner, len(rows))) if rows else None,
             "per_attribute": {r[0]: {"efficacy": _num(r[1]), a: _num(r[2]), b: _num(r[3])} for r in rows},
         }
     return out
+
+
+def sign_test(k: int, n: int) -> float:
+    """Two-sided exact binomial test of k successes in n against p = 1/2."""
+    tail = min(k, n - k)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(tail + 1)) / 2 ** n)
 
 
 # ---------------------------------------------------------------------------- csv
@@ -508,11 +522,22 @@ def _comparison_html(doc: dict[str, Any]) -> str:
     if not comp:
         return ""
     rows = [([esc(m), str(c["attributes"]), _f(c["vae_mean_leakage"], 3), _f(c["pca_mean_leakage"], 3),
-              f"{c['vae_cleaner']} of {c['attributes']}"], False) for m, c in comp.items()]
+              _pm(c.get("difference"), c.get("difference_se")),
+              f"{c['vae_cleaner']} of {c['attributes']}", _f(c.get("sign_test_p"), 3)], False)
+            for m, c in comp.items()]
     return ("<h2>VAE vs PCA latent at the same efficacy</h2><p class='note'>Mean leakage of each "
             "latent's edits where both reach the same change in P(a) (the smaller of the two "
-            "largest, interpolated over the positive strengths), judgeable attributes only.</p>"
-            + _table(["method", "attributes", "VAE mean leakage", "PCA mean leakage", "VAE cleaner"], rows))
+            "largest, interpolated over the positive strengths), judgeable attributes only. "
+            "VAE - PCA: the mean paired difference over those attributes, with its standard "
+            "error; p: two-sided sign test of the count of attributes where the VAE leaks less.</p>"
+            + _table(["method", "attributes", "VAE mean leakage", "PCA mean leakage", "VAE - PCA",
+                      "VAE cleaner", "p"], rows))
+
+
+def _pm(value: float | None, se: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:+.3f}" + (f" &plusmn; {se:.3f}" if se is not None else "")
 
 
 def _judge_html(doc: dict[str, Any]) -> str:
@@ -528,7 +553,10 @@ def _judge_html(doc: dict[str, Any]) -> str:
         for lat, r in rec.items():
             cells += [_f(r.get("auc_reconstruction", {}).get(a), 3), _f(r.get("shift", {}).get(a), 2, True)]
         rows.append((cells, not j["can_judge"][a]))
-    return (f"<h2>The judge</h2><p class='note'>An image classifier independent of the VAE; "
+    who = ("An image classifier independent of the VAE" if j.get("members", 1) == 1 else
+           f"A committee of {j['members']} image classifiers independent of the VAE, trained alike "
+           "from different seeds, scoring with the mean of their logits (AUC: the committee's)")
+    return (f"<h2>The judge</h2><p class='note'>{who}; "
             f"attributes with held-out AUC below {j['min_auc']} cannot be judged and are greyed out "
             "everywhere. The reconstruction columns show what encoding and decoding alone do to "
             "each attribute (the judge's AUC on reconstructions of the audited faces, and the mean "

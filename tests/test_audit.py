@@ -15,8 +15,8 @@ from torch import nn
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.audit import (AuditConfig, Latent, attribute_rates, choose_faces, edit_stats,
                             phi_matrix, run_audit, top_leaking)
-from faceedit.cache import Cache
-from faceedit.report import latent_comparison, leak_at_efficacy, verdicts, write_report
+from faceedit.cache import Cache, write_arrays
+from faceedit.report import latent_comparison, leak_at_efficacy, sign_test, verdicts, write_report
 
 S, D = 8, 4
 AXES = ("Male", "Smiling", "Young", "Eyeglasses")  # latent axis j <-> attribute AXES[j]
@@ -89,16 +89,8 @@ def write_world(root: Path, n: int = 400, seed: int = 0) -> Cache:
     labels = (rng.random((n, len(ATTRIBUTES))) < 0.3).astype(np.int8)
     for j, a in enumerate(AXES):
         labels[:, attribute_index(a)] = z[:, j] > 0
-    root.mkdir(parents=True)
-    np.save(root / "images.npy", np.round(x * 255).astype(np.uint8))
-    np.save(root / "labels.npy", labels)
-    split = np.zeros(n, np.uint8)
-    split[n // 2:] = 1
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
-    (root / "manifest.json").write_text(json.dumps({"format": 1, "count": n, "size": S,
-                                                    "content_hash": "sha256:world", "source": str(root)}))
-    return Cache.open(root)
+    images = np.round(x * 255).astype(np.uint8)
+    return Cache.open(write_arrays(root, images, labels, "sha256:world", val=n - n // 2, source=str(root)))
 
 
 CONFIG = AuditConfig(attributes=("Smiling", "Male", "Eyeglasses"), faces=40, batch_size=16, pca=False,
@@ -203,6 +195,10 @@ def test_vae_vs_pca_compares_leakage_at_the_same_efficacy():
     assert leak_at_efficacy([(0.2, 0.1), (0.4, 0.3)], 0.3) == pytest.approx(0.2)
     assert leak_at_efficacy([(0.2, 0.1)], 0.1) == pytest.approx(0.05)
     assert np.isnan(leak_at_efficacy([(0.2, 0.1)], 0.5))
+    # two-sided exact sign test, by hand: 2 * (C(10,0) + C(10,1)) / 2**10, 2 / 2**5, and a tie
+    assert sign_test(1, 10) == pytest.approx(22 / 1024)
+    assert sign_test(5, 5) == pytest.approx(2 / 32) == sign_test(0, 5)
+    assert sign_test(5, 10) == 1.0
 
 
 def test_pca_latent_runs_beside_the_vae(world):
@@ -215,7 +211,12 @@ def test_pca_latent_runs_beside_the_vae(world):
     result = run_audit(world, {"vae": Latent(LinearLatent(), Bank()), "pca": Latent(LinearLatent(), Dirty())},
                        LinearJudge(), AUC, 0.75, CONFIG, progress=False)
     comp = latent_comparison(result)
-    assert comp["balanced"]["vae_mean_leakage"] < comp["balanced"]["pca_mean_leakage"]
+    c = comp["balanced"]
+    assert c["vae_mean_leakage"] < c["pca_mean_leakage"]
+    # paired over the same attributes: the mean difference is the difference of the means
+    assert c["difference"] == pytest.approx(c["vae_mean_leakage"] - c["pca_mean_leakage"], abs=1e-5)
+    assert c["difference"] < 0 and c["difference_se"] >= 0
+    assert c["sign_test_p"] == pytest.approx(sign_test(c["vae_cleaner"], c["attributes"]))
 
 
 def test_ray_workers_give_the_same_numbers(world):

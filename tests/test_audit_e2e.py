@@ -70,6 +70,32 @@ def test_audit_of_a_rendered_set(tmp_path, capsys):
             "efficacy_leakage.png"} <= names
     assert any(n.startswith("strip_") for n in names)
     assert "faces_per_s" in capsys.readouterr().out
+    assert doc["judge"]["members"] == 1
+
+
+def test_audit_with_a_committee_of_judges(tmp_path):
+    from faceedit import synth
+    from faceedit.cache import Cache
+    from faceedit.judge import JudgeConfig, save_judge, train_judge
+    from faceedit.trainer import TrainConfig
+
+    data = synth.render_dataset(tmp_path / "data", 120, seed=0, workers=1)
+    paths = build_inputs(data, tmp_path)
+    second = train_judge(Cache.open(paths["cache"]), JudgeConfig(image_size=SIZE, width=4, stages=2),
+                         TrainConfig(epochs=1, batch_size=32, progress=False, seed=1))
+    save_judge(tmp_path / "judge2", second)
+    argv_judges = [str(paths["judge"]), str(tmp_path / "judge2")]
+    out = tmp_path / "report"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["audit", "--bundle", str(paths["bundle"]), "--bank", str(paths["bank"]),
+                     "--cache", str(paths["cache"]), "--judge", *argv_judges, "--out", str(out),
+                     "--quiet", "--faces", "4", "--batch-size", "8", "--strips", "1", "--no-pca",
+                     "--attributes", "Smiling", "--strengths", "2", "--methods", "naive"]) == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["judge"]["members"] == 2
+    assert doc["inputs"]["judge"] == "judge,judge2" and "," in doc["inputs"]["judge_weights_sha256"]
+    assert "A committee of 2 image classifiers" in (out / "report.html").read_text()
 
 
 def test_audit_of_real_faces_regenerates_identically(real_celeba, tmp_path):

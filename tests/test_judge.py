@@ -10,33 +10,23 @@ import pytest
 import torch
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
-from faceedit.cache import Cache
-from faceedit.judge import (Judge, JudgeConfig, auc_per_attribute, judgeable, load_judge, save_judge,
-                            train_judge)
+from faceedit.cache import Cache, write_arrays
+from faceedit.judge import (Committee, Judge, JudgeConfig, auc_per_attribute, judgeable,
+                            load_committee, load_judge, save_judge, train_judge)
 from faceedit.trainer import TrainConfig
 
 SMILING, MALE = attribute_index("Smiling"), attribute_index("Male")
 
 
 def write_cache(root: Path, n: int = 320, size: int = 16, seed: int = 0) -> Cache:
-    """A cache in faceedit/cache.py's format where Smiling paints the top half red and Male the
-    bottom half blue; every other label is a coin flip nothing in the image shows."""
-    root.mkdir(parents=True)
+    """A cache where Smiling paints the top half red and Male the bottom half blue; every other
+    label is a coin flip nothing in the image shows. The last quarter is the val split."""
     rng = np.random.default_rng(seed)
     labels = (rng.random((n, len(ATTRIBUTES))) < 0.4).astype(np.int8)
     images = (rng.random((n, 3, size, size)) * 60 + 90).astype(np.uint8)
     images[labels[:, SMILING] == 1, 0, : size // 2] = 250
     images[labels[:, MALE] == 1, 2, size // 2:] = 250
-    split = np.zeros(n, np.uint8)
-    split[n * 3 // 4:] = 1
-    np.save(root / "images.npy", images)
-    np.save(root / "labels.npy", labels)
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i + 1:06d}.jpg" for i in range(n)))
-    (root / "manifest.json").write_text(json.dumps(
-        {"format": 1, "count": n, "size": size, "content_hash": f"sha256:constructed-{seed}",
-         "source": str(root)}))
-    return Cache.open(root)
+    return Cache.open(write_arrays(root, images, labels, f"sha256:constructed-{seed}", val=n // 4))
 
 
 def test_auc_matches_sklearn_and_is_nan_for_one_class():
@@ -96,6 +86,32 @@ def test_judge_bundle_round_trip(trained):
     np.testing.assert_allclose(loaded.auc, np.round(result.auc, 6), equal_nan=True)
     meta = json.loads((path / "config.json").read_text())
     assert meta["kind"] == "judge" and "Smiling" not in meta["judge"]["cannot_judge"]
+
+
+def test_a_committee_scores_with_the_mean_of_its_judges_logits(trained):
+    cache, result, root = trained
+    other = train_judge(cache, JudgeConfig(image_size=16, width=8, stages=2),
+                        TrainConfig(epochs=1, batch_size=32, lr=3e-3, grad_clip=1.0, progress=False,
+                                    threads=1, seed=1))
+    paths = [save_judge(root / "c0", result), save_judge(root / "c1", other)]
+    committee = load_committee(paths, cache)
+    assert len(committee.members) == 2 and isinstance(committee.model, Committee)
+    x = torch.rand(5, 3, 16, 16)
+    (l0, f0), (l1, f1) = (m.model.score(x) for m in committee.members)
+    logits, feats = committee.model.score(x)
+    torch.testing.assert_close(logits, (l0 + l1) / 2)
+    torch.testing.assert_close(feats, torch.cat([f0, f1], 1))
+    # its AUC is its own, on the val split: that of the averaged logits, not of either judge
+    val = torch.as_tensor(np.array(cache.images[cache.indices("val")])).float() / 255
+    mean = ((committee.members[0].model(val) + committee.members[1].model(val)) / 2).detach().numpy()
+    np.testing.assert_allclose(committee.auc, auc_per_attribute(mean, cache.labels[cache.indices("val")]),
+                               atol=1e-6)
+    assert committee.can_judge[SMILING] and committee.can_judge[MALE]
+    assert load_committee(paths[:1], cache).members == ()  # one judge is just that judge
+    with pytest.raises(ValueError, match="the same weights as"):
+        load_committee([paths[0], paths[0]], cache)
+    with pytest.raises(ValueError, match="one image size"):
+        Committee([Judge(JudgeConfig(image_size=16, stages=2)), Judge(JudgeConfig(image_size=32))])
 
 
 def test_load_judge_refuses_another_kind(tmp_path):
