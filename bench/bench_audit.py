@@ -48,17 +48,12 @@ class RandomBank:
 
 def synthetic_cache(root: Path, n: int = 400, size: int = 64):
     from faceedit.attributes import ATTRIBUTES
-    from faceedit.cache import Cache
+    from faceedit.cache import Cache, write_arrays
 
     rng = np.random.default_rng(0)
-    root.mkdir(parents=True, exist_ok=True)
-    np.save(root / "images.npy", rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8))
-    np.save(root / "labels.npy", (rng.random((n, len(ATTRIBUTES))) < 0.4).astype(np.int8))
-    np.save(root / "split.npy", np.ones(n, np.uint8))  # every face held out
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
-    (root / "manifest.json").write_text(json.dumps({"format": 1, "count": n, "size": size,
-                                                    "content_hash": "sha256:random"}))
-    return Cache.open(root)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    labels = (rng.random((n, len(ATTRIBUTES))) < 0.4).astype(np.int8)
+    return Cache.open(write_arrays(root, images, labels, "sha256:random", val=n))  # all held out
 
 
 def main() -> None:

@@ -47,21 +47,15 @@ def tiny_model(root: Path) -> tuple[Path, Path]:
     """An untrained 64 px VAE of the default config and its bank, on a small random cache."""
     from faceedit.bank import BankConfig, build_bank
     from faceedit.bundle import save_bundle
-    from faceedit.cache import CACHE_FORMAT, Cache
+    from faceedit.cache import Cache, write_arrays
     from faceedit.attributes import ATTRIBUTES
     from faceedit.model import VAE, VAEConfig
 
     rng = np.random.default_rng(0)
     n, size = 256, 64
-    cache_dir = root / "cache"
-    cache_dir.mkdir()
-    np.save(cache_dir / "images.npy", rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8))
-    np.save(cache_dir / "labels.npy", (rng.random((n, len(ATTRIBUTES))) < 0.5).astype(np.int8))
-    np.save(cache_dir / "split.npy", (np.arange(n) >= n * 3 // 4).astype(np.uint8))
-    (cache_dir / "names.txt").write_text("\n".join(f"{i}.jpg" for i in range(n)))
-    (cache_dir / "manifest.json").write_text(json.dumps(
-        {"format": CACHE_FORMAT, "count": n, "size": size, "content_hash": "bench"}))
-    cache = Cache.open(cache_dir)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    labels = (rng.random((n, len(ATTRIBUTES))) < 0.5).astype(np.int8)
+    cache = Cache.open(write_arrays(root / "cache", images, labels, "bench", val=n // 4))
     torch.manual_seed(0)
     model = VAE(VAEConfig()).eval()
     bundle = save_bundle(root / "bundle", model, {"cache": cache.hash})

@@ -92,15 +92,18 @@ class Cache:
 
 
 def write_arrays(root: str | Path, images: np.ndarray, labels: np.ndarray, content_hash: str,
-                 val: int = 0, **manifest) -> Path:
+                 val: int = 0, test: int = 0, **manifest) -> Path:
     """A cache folder from arrays already in memory (tests, benchmarks): images uint8 (N, 3, S, S),
-    labels (N, 40) in {0, 1}; the last `val` rows form the val split, the rest train. `prepare`
-    is the way from photos; this is the way from pixels a program made."""
+    labels (N, 40) in {0, 1}; the last `test` rows form the test split, the `val` rows before them
+    the val split, the rest train. `prepare` is the way from photos; this is the way from pixels a
+    program made."""
     root = Path(root)
     n, size = len(images), images.shape[-1]
+    if val + test > n:
+        raise ValueError(f"val={val} + test={test} rows: more than the {n} images")
     split = np.zeros(n, np.uint8)
-    if val:
-        split[n - val:] = SPLITS["val"]
+    split[n - test - val: n - test] = SPLITS["val"]
+    split[n - test:] = SPLITS["test"]
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
     np.save(root / "labels.npy", np.asarray(labels).astype(np.int8))

@@ -8,7 +8,6 @@ the real save_bundle / build_bank APIs; uploads are the real photos of ../shared
 from __future__ import annotations
 
 import io
-import json
 import socket
 import statistics
 import struct
@@ -26,7 +25,7 @@ from PIL import Image
 from faceedit.attributes import ATTRIBUTES, FEATURED
 from faceedit.bank import BankConfig, build_bank
 from faceedit.bundle import save_bundle
-from faceedit.cache import CACHE_FORMAT, Cache
+from faceedit.cache import Cache, write_arrays
 from faceedit.editor import Editor, save_downloads, upscale
 from faceedit.model import VAE, VAEConfig
 
@@ -46,7 +45,6 @@ def write_cache(root: Path, n: int = N, size: int = SIZE, seed: int = 0) -> Path
     balanced smile vectors differ.
     """
     rng = np.random.default_rng(seed)
-    root.mkdir(parents=True)
     labels = (rng.random((n, len(ATTRIBUTES))) < 0.5).astype(np.int8)
     male, smile = ATTRIBUTES.index("Male"), ATTRIBUTES.index("Smiling")
     labels[:, smile] = np.where(rng.random(n) < 0.8, 1 - labels[:, male], labels[:, smile])
@@ -55,16 +53,8 @@ def write_cache(root: Path, n: int = N, size: int = SIZE, seed: int = 0) -> Path
         lit[:, k % 3, (k // 3) // 4, (k // 3) % 4] += labels[:, k]
     low = np.clip(rng.integers(0, 80, (n, 3, 4, 4)) + 170 * lit, 0, 255).astype(np.uint8)
     images = low.repeat(size // 4, axis=2).repeat(size // 4, axis=3)  # (N, 3, 4, 4) -> (N, 3, S, S)
-    split = np.zeros(n, np.uint8)
-    split[n * 3 // 4:] = 1  # the last quarter is val
-    np.save(root / "images.npy", images)
-    np.save(root / "labels.npy", labels)
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
-    manifest = {"format": CACHE_FORMAT, "count": n, "size": size, "source": "test fixture",
-                "content_hash": f"test-{seed}-{n}-{size}"}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return root
+    return write_arrays(root, images, labels, f"test-{seed}-{n}-{size}", val=n - n * 3 // 4,
+                        source="test fixture")  # the last quarter is val
 
 
 @pytest.fixture(scope="session")

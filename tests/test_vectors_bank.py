@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +11,7 @@ import torch
 from faceedit import vectors as V
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.bank import METHODS, AttributeBank, BankConfig, BankError, build_bank, confounder_sets, encode_rows
-from faceedit.cache import Cache
+from faceedit.cache import Cache, write_arrays
 from faceedit.model import VAE, VAEConfig
 
 SMILE, MALE = attribute_index("Smiling"), attribute_index("Male")
@@ -28,17 +27,9 @@ def write_tiny_cache(root: Path, n: int = 240, size: int = 16, seed: int = 0) ->
     images = rng.normal(0.4, 0.1, size=(n, 3, size, size))
     images[:, :, : size // 2] += 0.3 * labels[:, SMILE, None, None, None]
     images[:, 0] += 0.3 * labels[:, MALE, None, None]
-    split = np.zeros(n, np.uint8)
-    split[int(0.7 * n):] = 1
-    split[int(0.85 * n):] = 2
-    root.mkdir(parents=True)
-    np.save(root / "images.npy", (np.clip(images, 0, 1) * 255).astype(np.uint8))
-    np.save(root / "labels.npy", labels)
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)) + "\n")
-    manifest = {"format": 1, "count": n, "size": size, "content_hash": f"tiny-{seed}", "source": "test"}
-    (root / "manifest.json").write_text(json.dumps(manifest))
-    return Cache.open(root)
+    pixels = (np.clip(images, 0, 1) * 255).astype(np.uint8)
+    val, test = int(0.85 * n) - int(0.7 * n), n - int(0.85 * n)  # 70% train, 15% val, 15% test
+    return Cache.open(write_arrays(root, pixels, labels, f"tiny-{seed}", val=val, test=test, source="test"))
 
 
 def tiny_vae(size: int = 16) -> VAE:
