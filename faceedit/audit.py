@@ -275,11 +275,12 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 def edit_stats(attr: str, alpha: float, edited: np.ndarray, rec: np.ndarray, orig: np.ndarray,
                sd: np.ndarray, can_judge: np.ndarray, feature_distance: np.ndarray,
-               feature_scale: float, psnr_db: np.ndarray) -> dict[str, Any]:
+               feature_scale: float, psnr_db: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
     """Efficacy, leakage and identity of one (attribute, method, alpha) over its faces.
 
     edited, rec, orig: judge logits (B, 40) of the edit, the unedited reconstruction and the original;
-    sd (40,) the logit standard deviations; can_judge (40,) bool; feature_distance, psnr_db (B,).
+    sd (40,) the logit standard deviations; can_judge (40,) bool; feature_distance, psnr_db (B,);
+    labels (B, 40) the faces' dataset labels.
     """
     k = attribute_index(attr)
     target = alpha > 0
@@ -290,6 +291,7 @@ def edit_stats(attr: str, alpha: float, edited: np.ndarray, rec: np.ndarray, ori
     leak = delta.mean(axis=0)  # (40,) signed mean: the systematic shift of every b
     # its standard error over these faces: how far a leakage may be from 0 by chance alone
     leak_se = delta.std(axis=0, ddof=1) / math.sqrt(len(delta)) if len(delta) > 1 else np.full(len(leak), np.nan)
+    within = leakage_within(delta, labels)
     others = np.array([b != k and can_judge[b] for b in range(len(ATTRIBUTES))])
     summary = _over_others(leak, others)
     return {
@@ -302,16 +304,30 @@ def edit_stats(attr: str, alpha: float, edited: np.ndarray, rec: np.ndarray, ori
         "target_sd": float(delta[:, k].mean()),
         "leakage": leak,  # (40,) signed, sd units; leak[k] is the target's own change
         "leakage_se": leak_se,  # (40,) standard error of each leakage (sd of the change / sqrt(faces))
+        "leakage_within": within,  # (40,) >= 0: |mean change| within the faces with b and without
         "ad": np.abs(delta).mean(axis=0),  # (40,) mean |change| / sd (Wu et al.'s AD per b)
         "leakage_vs_original": delta_orig.mean(axis=0),  # (40,)
         "leak_mean": summary["mean"],
         "leak_max": summary["max"],
         "leak_max_attribute": summary["argmax"],
+        "leak_mean_within": _over_others(within, others)["mean"],
         "leak_mean_vs_original": _over_others(delta_orig.mean(axis=0), others)["mean"],
         "identity_feature": float(feature_distance.mean() / feature_scale),
         "identity_feature_raw": float(feature_distance.mean()),
         "psnr": float(psnr_db.mean()),
     }
+
+
+def leakage_within(delta: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per attribute b, the size of the shift in b within the faces' own b-groups: |mean change|
+    among the faces labelled b and among those labelled not-b, weighted by group size. (B, 40),
+    (B, 40) -> (40,). An edit that lowers b on the faces with b and raises it on those without
+    leaks, but its signed mean over all faces can cancel to 0; this cannot."""
+    has = np.asarray(labels) > 0
+    out = np.zeros(delta.shape[1])
+    for group in (has, ~has):
+        out += np.abs(np.where(group, delta, 0.0).sum(axis=0))  # = group size x |group mean|
+    return out / max(len(delta), 1)
 
 
 def _over_others(leak: np.ndarray, others: np.ndarray) -> dict[str, Any]:
@@ -357,7 +373,7 @@ def aggregate(jobs: Sequence[Job], results: Sequence[JobResult], base: Base, sd:
             attr, alpha, np.concatenate([p[1] for p in parts[key]]),
             base.rec_logits[latent][slots], base.orig_logits[slots], sd, can_judge,
             np.concatenate([p[2] for p in parts[key]]), feature_scale[latent],
-            np.concatenate([p[3] for p in parts[key]]))
+            np.concatenate([p[3] for p in parts[key]]), base.labels[slots])
     return out
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.files import atomic_dir
 
-PER_ATTRIBUTE = ("leakage", "leakage_se", "ad", "leakage_vs_original")  # (40,) arrays in an edit's stats
+PER_ATTRIBUTE = ("leakage", "leakage_se", "leakage_within", "ad", "leakage_vs_original")  # (40,) arrays in an edit's stats
 
 
 # ---------------------------------------------------------------------------- json
@@ -82,6 +82,7 @@ def report_document(result: dict[str, Any], inputs: dict[str, Any]) -> dict[str,
                  "vectors": result.get("bank_cells", {})},
         "verdicts": verdicts(result),
         "vae_vs_pca": latent_comparison(result),
+        "vae_vs_pca_within": latent_comparison(result, key="leak_mean_within"),
     }
     for name, lat in result["latents"].items():
         edits = {}
@@ -180,9 +181,11 @@ def leak_at_efficacy(points: Sequence[tuple[float, float]], target: float) -> fl
     return math.nan
 
 
-def latent_comparison(result: dict[str, Any], a: str = "vae", b: str = "pca") -> dict[str, Any]:
+def latent_comparison(result: dict[str, Any], a: str = "vae", b: str = "pca",
+                      key: str = "leak_mean") -> dict[str, Any]:
     """Mean leakage of each latent's edits at the same efficacy (positive strengths): per method,
-    over judgeable attributes, at the smaller of the two latents' largest efficacies."""
+    over judgeable attributes, at the smaller of the two latents' largest efficacies. `key`: the
+    edit's summary leakage ("leak_mean", or "leak_mean_within" for the within-group one)."""
     lats = result["latents"]
     if a not in lats or b not in lats:
         return {}
@@ -196,7 +199,7 @@ def latent_comparison(result: dict[str, Any], a: str = "vae", b: str = "pca") ->
             curves = []
             for name in (a, b):
                 by_alpha = lats[name]["edits"].get(attr, {}).get(method, {})
-                curves.append([(by_alpha[s]["efficacy"], by_alpha[s]["leak_mean"])
+                curves.append([(by_alpha[s]["efficacy"], by_alpha[s][key])
                                for s in sorted(by_alpha) if s > 0])
             if not all(curves):
                 continue
@@ -237,7 +240,8 @@ def leakage_csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["latent", "attribute", "method", "strength", "other", "leakage_sd", "ad_sd",
-                "leakage_vs_original_sd", "leakage_se_sd", "attribute_judgeable", "other_judgeable"])
+                "leakage_vs_original_sd", "leakage_se_sd", "leakage_within_sd", "attribute_judgeable",
+                "other_judgeable"])
     for name, lat in result["latents"].items():
         for attr, by_method in lat["edits"].items():
             for method, by_alpha in by_method.items():
@@ -246,7 +250,7 @@ def leakage_csv(result: dict[str, Any]) -> str:
                         w.writerow([name, attr, method, _alpha_key(alpha), other,
                                     _fmt(s["leakage"][k]), _fmt(s["ad"][k]),
                                     _fmt(s["leakage_vs_original"][k]), _fmt(s["leakage_se"][k]),
-                                    int(can[attribute_index(attr)]), int(can[k])])
+                                    _fmt(s["leakage_within"][k]), int(can[attribute_index(attr)]), int(can[k])])
     return buf.getvalue()
 
 
@@ -521,15 +525,20 @@ def _comparison_html(doc: dict[str, Any]) -> str:
     comp = doc.get("vae_vs_pca") or {}
     if not comp:
         return ""
-    rows = [([esc(m), str(c["attributes"]), _f(c["vae_mean_leakage"], 3), _f(c["pca_mean_leakage"], 3),
-              _pm(c.get("difference"), c.get("difference_se")),
-              f"{c['vae_cleaner']} of {c['attributes']}", _f(c.get("sign_test_p"), 3)], False)
-            for m, c in comp.items()]
+    rows = []
+    for label, table in (("", comp), (", within groups", doc.get("vae_vs_pca_within") or {})):
+        rows += [([esc(m + label), str(c["attributes"]), _f(c["vae_mean_leakage"], 3),
+                   _f(c["pca_mean_leakage"], 3), _pm(c.get("difference"), c.get("difference_se")),
+                   f"{c['vae_cleaner']} of {c['attributes']}", _f(c.get("sign_test_p"), 3)], False)
+                 for m, c in table.items()]
     return ("<h2>VAE vs PCA latent at the same efficacy</h2><p class='note'>Mean leakage of each "
             "latent's edits where both reach the same change in P(a) (the smaller of the two "
             "largest, interpolated over the positive strengths), judgeable attributes only. "
             "VAE - PCA: the mean paired difference over those attributes, with its standard "
-            "error; p: two-sided sign test of the count of attributes where the VAE leaks less.</p>"
+            "error; p: two-sided sign test of the count of attributes where the VAE leaks less. "
+            "Within groups: each other attribute b's shift measured separately among the faces "
+            "labelled b and not b (a shift that moves the two groups apart cancels in the plain "
+            "mean, not here).</p>"
             + _table(["method", "attributes", "VAE mean leakage", "PCA mean leakage", "VAE - PCA",
                       "VAE cleaner", "p"], rows))
 

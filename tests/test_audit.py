@@ -217,6 +217,8 @@ def test_pca_latent_runs_beside_the_vae(world):
     assert c["difference"] == pytest.approx(c["vae_mean_leakage"] - c["pca_mean_leakage"], abs=1e-5)
     assert c["difference"] < 0 and c["difference_se"] >= 0
     assert c["sign_test_p"] == pytest.approx(sign_test(c["vae_cleaner"], c["attributes"]))
+    within = latent_comparison(result, key="leak_mean_within")["balanced"]
+    assert within["vae_mean_leakage"] < within["pca_mean_leakage"]
 
 
 def test_ray_workers_give_the_same_numbers(world):
@@ -260,7 +262,30 @@ def test_leakage_carries_its_standard_error_over_the_faces():
     edited = rec.copy()
     edited[:, k] += change
     sd = np.full(40, 2.0)
-    s = edit_stats("Smiling", 2.0, edited, rec, rec, sd, np.ones(40, bool), np.ones(n), 1.0, np.ones(n))
+    s = edit_stats("Smiling", 2.0, edited, rec, rec, sd, np.ones(40, bool), np.ones(n), 1.0, np.ones(n),
+                   np.zeros((n, 40)))
     assert s["leakage"][k] == pytest.approx(change.mean() / 2)
     assert s["leakage_se"][k] == pytest.approx(change.std(ddof=1) / 2 / np.sqrt(n))
     assert s["leakage_se"][attribute_index("Young")] == 0  # unchanged attributes: no spread
+
+
+def test_leakage_within_groups_does_not_cancel_across_them():
+    """An edit that lowers Male by 0.4 sd on the men and raises it by 0.4 sd on the women has a
+    signed mean leakage of 0 over equal groups, but 0.4 sd within them; a shift of the same sign
+    in both groups is the same either way."""
+    n, k, young = 40, attribute_index("Male"), attribute_index("Young")
+    labels = np.zeros((n, 40))
+    labels[: n // 2, k] = 1  # 20 men, 20 women
+    labels[: n // 4, young] = 1  # 10 young faces
+    rec = np.zeros((n, 40))
+    edited = rec.copy()
+    edited[:, k] = np.where(labels[:, k] > 0, -0.4, 0.4)
+    edited[:, young] = 0.3
+    edited[: n // 4, young] = 0.1  # young faces: +0.1, the rest: +0.3 (mean 0.25)
+    s = edit_stats("Smiling", 2.0, edited, rec, rec, np.ones(40), np.ones(40, bool), np.ones(n), 1.0,
+                   np.ones(n), labels)
+    assert s["leakage"][k] == pytest.approx(0.0, abs=1e-12)
+    assert s["leakage_within"][k] == pytest.approx(0.4)
+    assert s["leakage"][young] == pytest.approx(0.25) == s["leakage_within"][young]
+    others = [b for b in range(40) if b != attribute_index("Smiling")]
+    assert s["leak_mean_within"] == pytest.approx(np.mean(s["leakage_within"][others]))
