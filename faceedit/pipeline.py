@@ -102,7 +102,7 @@ PROFILES: dict[str, Profile] = {
     "default": Profile(
         "default", synth_faces=20000, limit=None, image_size=64, model={},
         # 2 workers x 16; at that batch lr 1.4e-3 edged out 2e-3 (3-minute runs). Local SGD,
-        # weights averaged every 4 steps: 1.16x the images/s of DDP on 2 CPU workers and +0.03 dB
+        # weights averaged every 4 steps: 1.22x the images/s of DDP on 2 CPU workers and +0.04 dB
         # val PSNR in 8 minutes (BENCHMARKS.md; `faceedit train --sync-every 1` is DDP).
         train=dict(epochs=100, max_minutes=8.0, batch_size=16, lr=1.4e-3, sync_every=4),
         judge={}, judge_train=dict(epochs=20, max_minutes=2.0, lr=2e-3,
@@ -120,7 +120,8 @@ PROFILES: dict[str, Profile] = {
     "tiny": Profile(
         "tiny", synth_faces=240, limit=240, image_size=32,
         model=dict(channels=(8, 16), latent_dim=16),
-        train=dict(epochs=1, max_minutes=0.0, batch_size=32, progress=False),
+        train=dict(epochs=1, max_minutes=0.0, batch_size=32, sync_every=2,  # crosses local SGD
+                   progress=False),
         judge=dict(width=4, stages=2), judge_train=dict(epochs=1, max_minutes=0.0, batch_size=32,
                                                         progress=False),
         audit=dict(faces=4, strengths=(-1.0, 1.0), headline=1.0, attributes=("Smiling", "Male"),
