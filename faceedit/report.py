@@ -23,7 +23,8 @@ import numpy as np
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.files import atomic_dir
 
-PER_ATTRIBUTE = ("leakage", "leakage_se", "leakage_within", "ad", "leakage_vs_original")  # (40,) arrays in an edit's stats
+# (40,) arrays in an edit's stats
+PER_ATTRIBUTE = ("leakage", "leakage_se", "leakage_within", "ad", "leakage_vs_original")
 
 
 # ---------------------------------------------------------------------------- json

@@ -264,6 +264,9 @@ class _Loop:
         self.local_sgd = (config.sync_every > 1 and world_size > 1
                           and torch.distributed.is_available() and torch.distributed.is_initialized())
         if self.local_sgd:
+            if isinstance(self.wrapped, nn.parallel.DistributedDataParallel):
+                raise ValueError(f"TrainConfig.sync_every={config.sync_every} (local SGD) with a "
+                                 "DDP-wrapped model: pass a wrap_model that does not add DDP")
             average_weights(self.model)  # the same start everywhere (DDP would broadcast it)
         # fused: one kernel over all parameters instead of ~10 ops per tensor (the same update;
         # 1.17x the images/s of a 1-thread CPU step of the VAE at batch 16, bench/bench_train.py)
@@ -471,10 +474,8 @@ def average_weights(model: nn.Module) -> None:
     flat = torch.cat([t.reshape(-1).float() for t in tensors])
     torch.distributed.all_reduce(flat)
     flat /= torch.distributed.get_world_size()
-    offset = 0
-    for t in tensors:
-        t.copy_(flat[offset: offset + t.numel()].view(t.shape))
-        offset += t.numel()
+    for t, mean in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(mean.view(t.shape))
 
 
 def _copy_to_cpu(value: Any) -> Any:

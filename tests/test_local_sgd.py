@@ -36,6 +36,14 @@ def _run(rank: int, world: int, port: int, job: str, arg, out: str) -> None:
             torch.save({"before": before, "after": model.state_dict(),
                         "channels_last": model[0].weight.is_contiguous(
                             memory_format=torch.channels_last)}, f"{out}/rank{rank}.pt")
+        elif job == "ddp":  # local SGD under a DDP wrapper would average twice: refused
+            try:
+                fit(VAE(TINY), VAEObjective(TINY), Cache.open(arg), replace(FAST, sync_every=3),
+                    rank=rank, world_size=world, wrap_model=torch.nn.parallel.DistributedDataParallel)
+                outcome = "trained"
+            except ValueError as e:
+                outcome = str(e)
+            torch.save({"outcome": outcome}, f"{out}/rank{rank}.pt")
         else:
             torch.manual_seed(rank)  # different initial weights: the first average aligns them
             reports = []
@@ -83,3 +91,8 @@ def test_local_sgd_workers_end_with_one_model(tmp_path, cache_path):
     untrained = VAE(TINY).state_dict()
     assert any(not torch.allclose(v.float(), untrained[k].float()) for k, v in ranks[0]["model"].items()
                if k in untrained and v.is_floating_point())
+
+
+def test_local_sgd_refuses_a_ddp_wrapped_model(tmp_path, cache_path):
+    for rank in _spawn(tmp_path, "ddp", cache_path):
+        assert "sync_every=3 (local SGD) with a DDP-wrapped model" in rank["outcome"]
