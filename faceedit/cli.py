@@ -353,9 +353,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    "size sets the model's")
     p.add_argument("--out", type=Path, required=True, help="model bundle folder to write (atomically)")
     p.add_argument("--log-dir", type=Path, default=None, help="metrics.jsonl and figures/*.png of "
-                   "the run (default: <out>.log beside the bundle)")
+                   "the run (default: <out>-log beside the bundle)")
     p.add_argument("--workers", type=int, default=0, help="0 (default): the plain loop in this "
-                   "process; N >= 1: N Ray Train workers (DDP)")
+                   "process; N >= 1: N Ray Train workers (DDP, or local SGD with --sync-every)")
     add_dataclass_args(p, VAEConfig, exclude=("image_size",))
     add_dataclass_args(p, TrainConfig)
     add_dataclass_args(p, RayConfig)
@@ -371,7 +371,10 @@ def _run_train(args: argparse.Namespace) -> int:
     cache = Cache.open(args.cache)
     model_config = dataclass_from_args(VAEConfig, args, image_size=cache.size)
     train_config = dataclass_from_args(TrainConfig, args)
-    log_dir = args.log_dir or args.out.with_name(args.out.name + ".log")
+    log_dir = args.log_dir or args.out.with_name(args.out.name + "-log")
+    if log_dir.exists() and not log_dir.is_dir():  # say so now, not from a Ray worker later
+        raise ValueError(f"--log-dir {log_dir}: exists and is not a folder (metrics.jsonl and "
+                         "figures/ go in it); pass another --log-dir")
     if args.workers >= 1:
         from workers.train import RayConfig, train_on_ray
 

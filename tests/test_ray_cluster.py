@@ -66,7 +66,7 @@ def uninterrupted(cluster, cache, tmp_path_factory) -> Path:
 
 
 def test_two_nodes_train_and_the_bundle_loads(cluster, uninterrupted):
-    out, log_dir = uninterrupted, uninterrupted.with_name("vae.log")
+    out, log_dir = uninterrupted, uninterrupted.with_name("vae-log")
     workers = [json.loads((log_dir / "workers" / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert len({w["node_id"] for w in workers}) == 2, "one worker on each of the 2 nodes"
     assert all(w["threads"] == 1 and w["world_size"] == 2 for w in workers)
@@ -86,7 +86,7 @@ def test_two_nodes_train_and_the_bundle_loads(cluster, uninterrupted):
 
 
 def test_a_killed_driver_resumes_where_it_stopped(cluster, cache, uninterrupted, tmp_path):
-    out, log_dir = tmp_path / "vae", tmp_path / "vae.log"
+    out, log_dir = tmp_path / "vae", tmp_path / "vae-log"
     cmd = train_command(cluster, cache, out, "resumed")
 
     # 1. The driver is killed (SIGKILL: no clean-up of its own) after the first checkpoint.

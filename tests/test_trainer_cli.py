@@ -29,7 +29,7 @@ def test_train_writes_a_bundle_with_its_provenance(trained):
     assert b.config.image_size == 16 and b.config.channels == (8, 16)  # size from the cache
     assert b.meta["cache"] == "test-0" and b.meta["training"]["epochs"] == 2
     assert b.meta["metrics"]["step"] == 10 and "val_psnr" in b.meta["metrics"]
-    log = root / "bundle.log"
+    log = root / "bundle-log"
     assert len((log / "metrics.jsonl").read_text().splitlines()) == 3
     assert (log / "figures" / "samples_e002.png").is_file()
     assert (log / "figures" / "samples_fitted.png").is_file()
@@ -38,6 +38,17 @@ def test_train_writes_a_bundle_with_its_provenance(trained):
     assert not torch.equal(b.model.prior_scale_tril, torch.eye(4))
     mu, _ = b.model.encode(torch.rand(2, 3, 16, 16))
     assert mu.shape == (2, 4)
+
+
+def test_train_refuses_a_log_dir_that_is_a_file_before_training(trained, tmp_path, capsys):
+    # `faceedit train --out runs/x > runs/x-log` must not end in a worker's traceback after a while
+    _, cache = trained
+    (tmp_path / "vae-log").write_text("shell output\n")
+    assert main(["train", "--cache", str(cache), "--out", str(tmp_path / "vae"), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert f"--log-dir {tmp_path / 'vae-log'}: exists and is not a folder" in err
+    assert (tmp_path / "vae-log").read_text() == "shell output\n"  # left as it was
+    assert not (tmp_path / "vae").exists()
 
 
 def test_sample_writes_a_grid(trained, tmp_path):
