@@ -248,7 +248,7 @@ def _run_edit(args: argparse.Namespace) -> int:
 
 
 def _add_judge(p: argparse.ArgumentParser) -> None:
-    from faceedit.judge import JudgeConfig
+    from faceedit.judge import TRAINING, JudgeConfig
     from faceedit.trainer import TrainConfig
 
     p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit prepare); "
@@ -256,10 +256,9 @@ def _add_judge(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="judge bundle folder to write (atomically)")
     add_dataclass_args(p, JudgeConfig)
     add_dataclass_args(p, TrainConfig)
-    judge_defaults = {"epochs": 8, "batch_size": 128, "lr": 3e-3}  # a small CNN: a few epochs suffice
     for action in p._actions:  # the judge's own training defaults, shown as such in --help
-        if action.dest in judge_defaults:
-            action.default = judge_defaults[action.dest]
+        if action.dest in TRAINING:
+            action.default = TRAINING[action.dest]
             action.help = action.help.rsplit(" (default:", 1)[0] + f" (judge default: {action.default})"
 
 

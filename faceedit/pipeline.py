@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from faceedit.files import atomic_write_json, sha256_file
+from faceedit.judge import TRAINING as JUDGE_TRAINING
 
 STAMP = ".stage.json"
 
@@ -105,15 +106,13 @@ PROFILES: dict[str, Profile] = {
         # weights averaged every 4 steps: 1.22x the images/s of DDP on 2 CPU workers and +0.04 dB
         # val PSNR in 8 minutes (BENCHMARKS.md; `faceedit train --sync-every 1` is DDP).
         train=dict(epochs=100, max_minutes=8.0, batch_size=16, lr=1.4e-3, sync_every=4),
-        judge={}, judge_train=dict(epochs=20, max_minutes=2.0, lr=2e-3,
-                                             batch_size=64, grad_clip=1.0),
+        judge={}, judge_train=dict(JUDGE_TRAINING),
         audit=dict(faces=64),
         eta_s=dict(synth=60, prepare=30, train=510, vectors=60, judge=130, audit=150, figures=10)),
     "quick": Profile(
         "quick", synth_faces=4000, limit=4000, image_size=64, model={},
         train=dict(epochs=100, max_minutes=1.5, batch_size=16, sync_every=4),
-        judge={}, judge_train=dict(epochs=20, max_minutes=0.5, lr=2e-3,
-                                             batch_size=64, grad_clip=1.0),
+        judge={}, judge_train=dict(JUDGE_TRAINING, max_minutes=0.5),
         audit=dict(faces=24, strengths=(-2.0, 2.0),
                    attributes=("Smiling", "Male", "Eyeglasses", "Heavy_Makeup", "Blond_Hair")),
         eta_s=dict(synth=15, prepare=10, train=100, vectors=15, judge=35, audit=30, figures=5)),
