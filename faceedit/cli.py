@@ -508,7 +508,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/main"), help="where every output goes: "
                    "cache, bundle, bank, judge, report, figures (default: runs/main)")
     p.add_argument("--profile", choices=("default", "quick", "tiny"), default="default",
-                   help="default: ~15 min on the 19,000 real faces on a 2-core CPU; quick: ~3 min; "
+                   help="default: ~12 min on the 19,000 real faces on a 2-core CPU; quick: ~3 min; "
                    "tiny: seconds, for smoke tests (default: default)")
     p.add_argument("--quick", dest="profile", action="store_const", const="quick",
                    help="same as --profile quick")

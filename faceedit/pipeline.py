@@ -85,8 +85,8 @@ def _minutes(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    """How big a main job: every size the stages use. `default` runs the 19,000 real faces in about
-    15 minutes on a 2-core CPU; `quick` in about 3; `tiny` in seconds (the smoke test)."""
+    """How big a main job: every size the stages use. `default` runs the 19,000 real faces in about 12
+    minutes on a 2-core CPU; `quick` in about 3; `tiny` in seconds (the smoke test)."""
     name: str
     synth_faces: int  # rendered when no CelebA folder is given
     limit: int | None  # rows of a real CelebA folder taken (None: all)
