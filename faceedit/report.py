@@ -110,6 +110,9 @@ def headline(result: dict[str, Any], latent: str = "vae") -> dict[str, dict[str,
             for a, by_method in result["latents"].get(latent, {}).get("edits", {}).items()}
 
 
+WEAK_EFFICACY = 0.1  # a verdict whose best method changes P(attribute) less says the edit barely works
+
+
 def best_method(by_method: dict[str, dict]) -> str:
     """The method with the least mean leakage among those reaching 90% of the best efficacy
     (efficacy per leakage: an edit that barely works leaks little for a poor reason)."""
@@ -147,6 +150,10 @@ def verdicts(result: dict[str, Any], latent: str = "vae") -> dict[str, dict[str,
         if top is not None and top not in named:
             line += f"; its largest: {top} {s['leak_max']:.2f} sd"
         b = named[0] if named else None
+        strongest = max(abs(v["efficacy"]) for v in by_method.values())
+        if strongest < WEAK_EFFICACY:
+            line += (f" [weak: no method changes P({attr}) by {WEAK_EFFICACY} at the headline "
+                     "strength, so its leakages say little]")
         if not can[attr]:
             a = auc[attr]
             line += (f" [the judge cannot judge {attr}: AUC "
@@ -453,8 +460,9 @@ def render_html(doc: dict[str, Any], pngs: dict[str, bytes], strips: Sequence[st
              f"<style>{CSS}</style></head><body><h1>faceedit attribute-bias audit</h1>"]
     parts.append(_summary_html(doc))
     parts.append("<h2>Verdicts</h2><p class='note'>At the headline strength; the recommended method "
-                 "has the least mean leakage among those within 90% of the best efficacy. Grey: "
-                 "the judge cannot judge the attribute, so its numbers are not evidence.</p>")
+                 "has the least mean leakage among those within 90% of the best efficacy. Weak: no "
+                 f"method changes P(attribute) by {WEAK_EFFICACY}. Grey: the judge cannot judge the "
+                 "attribute, so its numbers are not evidence.</p>")
     parts.append(_table(["verdict"], [([esc(v["text"])], not v["can_judge"])
                                       for v in doc["verdicts"].values()]))
     parts.append(_edits_html(doc))

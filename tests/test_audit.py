@@ -154,6 +154,16 @@ def test_a_vector_that_is_male_plus_smiling_is_reported_as_leaking_into_male(wor
     assert top_leaking(result, 1) == ["Smiling"]
 
 
+def test_an_edit_that_barely_works_is_called_weak(world):
+    # Bald has no axis in this world: every method's vector is zero and P(Bald) cannot move
+    result = audit(world, config=AuditConfig(attributes=("Smiling", "Bald"), faces=16, pca=False,
+                                             methods=("naive", "balanced"), strengths=(2.0,)))
+    assert result["latents"]["vae"]["edits"]["Bald"]["naive"][2.0]["efficacy"] == 0
+    v = verdicts(result)
+    assert "[weak: no method changes P(Bald) by 0.1" in v["Bald"]["text"]
+    assert "weak" not in v["Smiling"]["text"]
+
+
 def test_an_attribute_the_judge_cannot_judge_is_marked_not_used(world, tmp_path):
     auc = AUC.copy()
     auc[attribute_index("Male")] = 0.6
