@@ -5,6 +5,7 @@ A bank is a folder (written atomically, byte-identical for the same bundle, cach
     vectors.safetensors  one float32 (40, D) tensor per method, rows in ATTRIBUTES order
     bank.json            settings; the bundle's and cache's hashes; per attribute: confounders,
                          cells (values, count, replication factor, capped), Kish ESS per side,
+                         the attributes its projection removes,
                          vector norms and the held-out ROC AUC of z . v per method; the cosine
                          similarity of every pair of vectors per method
 
@@ -47,6 +48,10 @@ class BankConfig:
         "confounders to balance over: empty = White's set for Male/Mouth_Slightly_Open/Smiling and "
         "Male for the rest; NAMES = one set for every attribute; ATTR=C1,C2 = the set of one "
         "attribute (ATTR= for none); 'none' = no confounders anywhere")})
+    projected_out: tuple[str, ...] = field(default=(), metadata={"help": (
+        "attributes whose naive directions the projection removes, in the same form: empty = the "
+        "confounders' defaults, except that Smiling and Mouth_Slightly_Open keep each other (each "
+        "one's naive vector is mostly the other, so removing it removed the edit)")})
     cap: float | None = field(default=None, metadata={"help": (
         "largest replication factor a cell may get (None: replicate every cell up to the largest, "
         "as White does; a cap limits how often one face is copied, at the price of balance)")})
@@ -61,8 +66,10 @@ class BankConfig:
     eval_split: str = field(default="val", metadata={"help": "cache split the held-out AUC is measured on"})
 
 
-def confounder_sets(spec: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
-    """Every attribute's confounders from a BankConfig.confounders spec (see its help)."""
+def confounder_sets(spec: Sequence[str] = (), default: Callable[[str], tuple[str, ...]] = V.default_confounders
+                    ) -> dict[str, tuple[str, ...]]:
+    """Every attribute's confounders from a BankConfig.confounders (or .projected_out) spec (see its
+    help); `default` gives the set of an attribute the spec does not name."""
     shared: list[str] | None = None
     per_attr: dict[str, tuple[str, ...]] = {}
     for entry in spec:
@@ -80,7 +87,7 @@ def confounder_sets(spec: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
     sets = {}
     for attr in ATTRIBUTES:
         chosen = per_attr.get(attr, shared)
-        sets[attr] = V.resolve_confounders(attr, {attr: chosen} if attr in per_attr else chosen)
+        sets[attr] = V.resolve_confounders(attr, {attr: chosen} if attr in per_attr else chosen, default)
     return sets
 
 
@@ -219,11 +226,13 @@ def build_bank(model: torch.nn.Module, cache: Cache, config: BankConfig = BankCo
     vectors = {"naive": np.stack([V.naive_from_cells(balancings[a].cells) for a in ATTRIBUTES]),
                "balanced": np.stack([balancings[a].vector() for a in ATTRIBUTES])}  # (40, D) each
     clock.append(time.perf_counter())
-    vectors.update(_linear_vectors(mu, labels, vectors["naive"], groups, balancings, config.C))
+    removed = confounder_sets(config.projected_out, V.default_projected_out)
+    vectors.update(_linear_vectors(mu, labels, vectors["naive"], removed, balancings, config.C))
     vectors = {m: vectors[m] for m in METHODS}
     clock.append(time.perf_counter())
     for a in ATTRIBUTES:
         i = attribute_index(a)
+        records[a]["projected_out"] = list(removed[a])
         records[a]["norm"] = {m: _r(np.linalg.norm(vectors[m][i])) for m in METHODS}
         records[a]["auc"] = {m: _auc(labels_val[:, i], mu_val @ vectors[m][i]) for m in METHODS}
     info = {
@@ -261,12 +270,13 @@ def _balance_all(stats: V.CellStats, config: BankConfig) -> tuple[dict[str, V.Ba
     return balancings, records
 
 
-def _linear_vectors(mu: np.ndarray, labels: np.ndarray, naive: np.ndarray, groups: dict[str, tuple[str, ...]],
+def _linear_vectors(mu: np.ndarray, labels: np.ndarray, naive: np.ndarray, removed: dict[str, tuple[str, ...]],
                     balancings: dict[str, V.Balancing], C: float) -> dict[str, np.ndarray]:
-    """projection, boundary (balancing weights) and boundary_plain for every attribute: (40, D) each."""
+    """projection (naive minus the span of the `removed` attributes' naive vectors), boundary
+    (balancing weights) and boundary_plain for every attribute: (40, D) each."""
     out: dict[str, list[np.ndarray]] = {"projection": [], "boundary": [], "boundary_plain": []}
     for a in ATTRIBUTES:
-        i, conf = attribute_index(a), [attribute_index(c) for c in groups[a]]
+        i, conf = attribute_index(a), [attribute_index(c) for c in removed[a]]
         length, y = np.linalg.norm(naive[i]), labels[:, i]
         out["projection"].append(V.projection_vector(naive[i], naive[conf]))
         out["boundary"].append(V.boundary_vector(mu, y, balancings[a].row_weights(labels), length, C))

@@ -39,6 +39,17 @@ def test_default_confounders_follow_white():
     assert V.resolve_confounders("Bald", {"Smiling": ["Young"]}) == ("Male",)
 
 
+def test_the_projection_keeps_a_smile_its_open_mouth():
+    assert V.default_projected_out("Smiling") == ("Male",)
+    assert V.default_projected_out("Mouth_Slightly_Open") == ("Male",)
+    assert V.default_projected_out("Male") == ("Mouth_Slightly_Open", "Smiling")
+    assert V.default_projected_out("Bald") == ("Male",)
+    # named sets replace the default, as for balancing
+    assert V.resolve_confounders("Smiling", {"Smiling": ["Male", "Mouth_Slightly_Open"]},
+                                 V.default_projected_out) == ("Male", "Mouth_Slightly_Open")
+    assert V.resolve_confounders("Smiling", None, V.default_projected_out) == ("Male",)
+
+
 def test_bad_names_list_the_valid_ones():
     with pytest.raises(ValueError, match="unknown attribute 'Smiley'.*Smiling"):
         V.resolve_confounders("Smiley")

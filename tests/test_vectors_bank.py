@@ -55,6 +55,10 @@ def test_bank_contents(built):
     info = bank.info["per_attribute"]
     assert info["Smiling"]["confounders"] == ["Male", "Mouth_Slightly_Open"]
     assert info["Eyeglasses"]["confounders"] == ["Male"]
+    # the projection removes Male from a smile, not the open mouth that is part of it
+    assert info["Smiling"]["projected_out"] == info["Mouth_Slightly_Open"]["projected_out"] == ["Male"]
+    assert info["Male"]["projected_out"] == ["Mouth_Slightly_Open", "Smiling"]
+    assert info["Eyeglasses"]["projected_out"] == ["Male"]
     assert sum(c["count"] for c in info["Smiling"]["cells"]) == len(train)
     assert bank.info["source"] == {"bundle_hash": "b" * 64, "cache_hash": "tiny-0",
                                    "faces": {"train": len(train), "val": len(cache.indices("val"))}}
@@ -66,7 +70,7 @@ def test_bank_contents(built):
                                rtol=1e-5, atol=1e-7)
     for a in ("Smiling", "Male", "Bald"):
         naive = bank.vector(a, "naive").double()
-        conf = torch.stack([bank.vector(c, "naive").double() for c in info[a]["confounders"]])
+        conf = torch.stack([bank.vector(c, "naive").double() for c in info[a]["projected_out"]])
         proj = bank.vector(a, "projection").double()
         assert (conf @ proj).abs().max() < 1e-4 * naive.norm() ** 2
         for m in ("boundary", "boundary_plain"):
@@ -95,6 +99,24 @@ def test_bank_round_trip_and_byte_identical_rebuild(built, tmp_path):
     for name in ("vectors.safetensors", "bank.json"):
         assert (tmp_path / "again" / name).read_bytes() == (root / "bank" / name).read_bytes()
     # (Another setting gives another bank: tests/test_edit_cli.py builds this one with --cap 1.)
+
+
+def test_the_projection_removes_what_projected_out_names(built):
+    _, cache, model, bank = built
+    other = build_bank(model, cache, BankConfig(batch_size=64, projected_out=("Smiling=Male,Mouth_Slightly_Open",)),
+                       progress=False)
+    assert other.info["per_attribute"]["Smiling"]["projected_out"] == ["Male", "Mouth_Slightly_Open"]
+    assert other.info["per_attribute"]["Bald"]["projected_out"] == ["Male"]  # unnamed: the default
+    def cos(a, b):
+        return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=0))
+
+    for c in ("Male", "Mouth_Slightly_Open"):
+        assert abs(cos(bank.vector(c, "naive"), other.vector("Smiling", "projection"))) < 1e-5
+    # the default keeps the mouth's direction in the smile
+    assert abs(cos(bank.vector("Mouth_Slightly_Open", "naive"), bank.vector("Smiling", "projection"))) > 1e-3
+    torch.testing.assert_close(other.vector("Bald", "projection"), bank.vector("Bald", "projection"))
+    with pytest.raises(ValueError, match="unknown attribute 'Smile'"):
+        build_bank(model, cache, BankConfig(projected_out=("Smile=Male",)), progress=False)
 
 
 def test_bank_names_are_checked(built):
