@@ -229,8 +229,7 @@ def train_judge(cache, config: JudgeConfig, train: "TrainConfig", out_dir: str |
     if cache.size != config.image_size:
         raise ValueError(f"{cache.root}: images are {cache.size}x{cache.size}, the judge config "
                          f"expects image_size={config.image_size}")
-    if len(cache.indices("val")) == 0:  # before training: its AUC needs held-out faces
-        raise ValueError(f"{cache.root}: the val split is empty; the judge's AUC needs held-out faces")
+    _val_rows(cache)  # before training: its AUC needs held-out faces
     torch.manual_seed(train.seed)  # initial weights: the same judge for the same inputs
     result = fit(Judge(config), JudgeObjective(), cache, train, out_dir, **fit_seams)
     model = result.model.cpu().eval()
@@ -242,12 +241,16 @@ def val_auc(model: nn.Module, cache) -> np.ndarray:
     """Per-attribute ROC AUC (40,) of a judge (or committee, in eval mode) on the cache's val split."""
     from faceedit.trainer import ShardedBatches, read_batch
 
+    batches = (read_batch(cache, r, torch.device("cpu"))
+               for r in ShardedBatches(_val_rows(cache), 256, shuffle=False, drop_last=False))
+    return auc_per_attribute(*predict(model, batches))
+
+
+def _val_rows(cache) -> np.ndarray:
     val = cache.indices("val")
     if len(val) == 0:
         raise ValueError(f"{cache.root}: the val split is empty; the judge's AUC needs held-out faces")
-    batches = (read_batch(cache, r, torch.device("cpu"))
-               for r in ShardedBatches(val, 256, shuffle=False, drop_last=False))
-    return auc_per_attribute(*predict(model, batches))
+    return val
 
 
 # ---------------------------------------------------------------------------- the bundle

@@ -235,9 +235,10 @@ def latent_comparison(result: dict[str, Any], a: str = "vae", b: str = "pca",
 
 
 def sign_test(k: int, n: int) -> float:
-    """Two-sided exact binomial test of k successes in n against p = 1/2."""
-    tail = min(k, n - k)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(tail + 1)) / 2 ** n)
+    """Two-sided exact binomial test of k successes in n >= 1 against p = 1/2."""
+    from scipy.stats import binomtest
+
+    return float(binomtest(k, n, 0.5).pvalue)
 
 
 # ---------------------------------------------------------------------------- csv
