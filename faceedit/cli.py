@@ -76,6 +76,7 @@ COMMANDS: dict[str, str] = {
     "synth": "render synthetic faces with real CelebA label rows into a CelebA-layout folder",
     "serve": "serve the face editor (Gradio page and API) for a model bundle and vector bank",
     "vectors": "encode the train split and compute every attribute's vector by every method (a bank)",
+    "align": "find the face in each photo and align it to CelebA's geometry (178x218 JPEGs + align.json)",
     "edit": "edit one photo with attribute vectors: original | reconstruction | edit, or a strip",
     "judge": "train the audit's judge: an image attribute classifier independent of the VAE",
     "audit": "edit held-out faces by every vector, re-score them with the judge, write the bias report",
@@ -245,6 +246,27 @@ def _run_edit(args: argparse.Namespace) -> int:
     atomic_write_bytes(args.out, png_bytes(img))
     print(f"wrote {args.out}")
     return 0
+
+
+def _add_align(p: argparse.ArgumentParser) -> None:
+    p.add_argument("photos", type=Path, nargs="+", metavar="PHOTO", help="face photos (JPEG/PNG/WebP)")
+    p.add_argument("--out", type=Path, required=True, help="folder for <name>.jpg (178x218, aligned like "
+                   "CelebA's img_align_celeba) and align.json (boxes, landmarks, transforms, scores)")
+    p.add_argument("--face", type=int, default=None, help="which face when a photo has several: 0 = the "
+                   "largest (default), 1 the next, ...")
+
+
+def _run_align(args: argparse.Namespace) -> int:
+    from faceedit.align import align_files
+
+    report = align_files([str(p) for p in args.photos], str(args.out), face=args.face)
+    for message in report.failed.values():
+        print(f"faceedit align: skipped {message}", file=sys.stderr)
+    several = sum(1 for r in report.aligned.values() if r["faces_found"] > 1)
+    print(f"wrote {len(report.aligned)} aligned face(s) and align.json to {args.out}"
+          + (f"; {several} photo(s) had several faces (see align.json)" if several else "")
+          + (f"; {len(report.failed)} photo(s) skipped" if report.failed else ""))
+    return 0 if report.aligned else 2
 
 
 def _add_judge(p: argparse.ArgumentParser) -> None:

@@ -70,13 +70,21 @@ def load_photo(src: str | Path | bytes | Image.Image, size: int, max_pixels: int
     """
     if isinstance(src, Image.Image):
         return face_array(to_rgb(src, "image"), size)
+    return face_array(load_image(src, max_pixels, draft_size=size), size)
+
+
+def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS, draft_size: int = 0) -> Image.Image:
+    """Any user photo (path or bytes) -> the whole RGB image, upright (EXIF rotation applied), with
+    the checks and colour handling of `load_photo`. draft_size > 0: a large JPEG may be decoded at
+    reduced scale, keeping its centre crop at least 2x draft_size (only for the centre crop)."""
     what, data = _read_source(src)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_header(img, what, max_pixels)
-            _draft(img, size)
+            if draft_size:
+                _draft(img, draft_size)
             img.load()
     except ImageError:
         raise
@@ -85,8 +93,7 @@ def load_photo(src: str | Path | bytes | Image.Image, size: int, max_pixels: int
     except (OSError, SyntaxError, ValueError) as e:
         # PIL says "image file is truncated", "broken data stream" etc.: the file is damaged.
         raise ImageError(f"{what}: damaged or truncated image ({e})") from None
-    img = ImageOps.exif_transpose(img)
-    return face_array(to_rgb(img, what), size)
+    return to_rgb(ImageOps.exif_transpose(img), what)
 
 
 def _read_source(src: str | Path | bytes) -> tuple[str, bytes]:
