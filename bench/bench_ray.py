@@ -16,9 +16,8 @@ by the wall time between epoch ends, so they include validation of a few images,
 barrier and checkpoint; `loop_images_per_s` is the loop's own figure over its training steps only.
 
 On CUDA (bf16 autocast and channels_last, the loop's defaults there, plus an fp32 reference) it
-also reports the fraction of the training time the GPU waits for data: per batch, the GPU time
-between a CUDA event recorded when the loop starts reading the batch (it completes once the GPU
-has finished the previous step) and one recorded after the batch is on the GPU.
+also reports the fraction of the training time the GPU waits for data, the loop's own `data_wait`
+metric (faceedit/trainer.py). bench/bench_gpu.py compares the loop with a bare reference loop.
 """
 
 from __future__ import annotations
@@ -39,7 +38,6 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from faceedit import trainer  # noqa: E402
 from faceedit.attributes import ATTRIBUTES  # noqa: E402
 from faceedit.cache import Cache, write_arrays  # noqa: E402
 from faceedit.model import VAE, VAEConfig  # noqa: E402
@@ -67,43 +65,17 @@ def epoch_rate(history: list[dict], images_per_epoch: int) -> dict[str, float]:
             "seconds_per_epoch": seconds / (len(ends) - 1)}
 
 
-class DataWait:
-    """Wraps trainer.read_batch: GPU time spent waiting for each batch (see the module doc)."""
-
-    def __init__(self):
-        self.pairs: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
-        self.read = trainer.read_batch
-
-    def __call__(self, *args, **kwargs):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        batch = self.read(*args, **kwargs)
-        end.record()
-        self.pairs.append((start, end))
-        return batch
-
-    def seconds(self) -> float:
-        torch.cuda.synchronize()
-        return sum(a.elapsed_time(b) for a, b in self.pairs) / 1000
-
-
 def run_plain(cache: Path, model_config: VAEConfig, config: TrainConfig, out: Path) -> dict:
     torch.manual_seed(config.seed)
-    wait = DataWait() if config.device.startswith("cuda") else None
-    if wait is not None:
-        trainer.read_batch = wait
-    try:
-        start = time.perf_counter()
-        result = fit(VAE(model_config), VAEObjective(model_config), Cache.open(cache), config, out)
-        wall = time.perf_counter() - start
-    finally:
-        if wait is not None:
-            trainer.read_batch = wait.read
+    start = time.perf_counter()
+    result = fit(VAE(model_config), VAEObjective(model_config), Cache.open(cache), config, out)
+    wall = time.perf_counter() - start
     n = len(Cache.open(cache).indices("train")) // config.batch_size * config.batch_size
     figures = {**epoch_rate(result.history, n), "wall_s": wall, "batch": config.batch_size,
                "threads": torch.get_num_threads(), "precision": config.precision}
-    if wait is not None:
-        figures["gpu_data_wait_fraction"] = wait.seconds() / result.history[-1]["elapsed_s"]
+    waits = [m["data_wait"] for m in result.history if "data_wait" in m]
+    if waits:  # the loop's own figure on CUDA (faceedit.trainer: share of each report window)
+        figures["gpu_data_wait_fraction"] = float(np.mean(waits))
     return figures
 
 

@@ -22,6 +22,8 @@ SIGMA_MOMENTUM = 0.95  # EMA of the calibrated decoder's ln s: settles within ~5
 
 
 class VAEObjective:
+    select = ("psnr", "max")  # the weights kept with TrainConfig.keep="best": the best val PSNR
+
     def __init__(self, config: VAEConfig, figure_images: int = 32, figure_samples: int = 64):
         self.config = config
         self.figure_images, self.figure_samples = figure_images, figure_samples

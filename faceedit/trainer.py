@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from faceedit.cache import Cache
+from faceedit.feed import Batch, FeedKind, Step, make_feed, read_batch  # noqa: F401 (Batch, read_batch: API)
 from faceedit.figures import save_png
 from faceedit.files import atomic_write_text
 
@@ -81,19 +82,36 @@ class TrainConfig:
                             "the communication"})
     val_images: int = field(default=0, metadata={"help": "validate on the first N val images (0: all)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (rank 0)"})
+    val_every: int = field(default=1, metadata={"help": "validate, report and checkpoint every K "
+                           "epochs (and after the last step). On a GPU an epoch of 19,000 faces "
+                           "takes a fraction of a second: validating each one would cost more "
+                           "than the training"})
+    keep: Literal["best", "last"] = field(default="best", metadata={"help": "weights the run "
+                                          "returns (and writes to the bundle): best: those of the "
+                                          "best validation (the objective's selection metric, "
+                                          "e.g. val PSNR); last: those after the last step"})
+    feed: FeedKind = field(default="auto", metadata={"help": "how batches reach the device: "
+                           "auto (resident on a GPU when the train split fits in half its free "
+                           "memory, else prefetch; host on the CPU), host (read on the CPU each "
+                           "step), resident (the split on the device as uint8), prefetch (a "
+                           "background thread uploading from pinned memory)"})
+    check_every: int = field(default=0, metadata={"help": "read the loss back, and stop on a "
+                             "non-finite one naming its step, every K steps (0: every step on the "
+                             "CPU, every 16 on a GPU, where each read-back stalls the pipeline)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model for the "
+                          "training steps (slow to start; see BENCHMARKS.md for what it gains)"})
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "sync_every"):
+        for name in ("epochs", "batch_size", "sync_every", "val_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name}={getattr(self, name)}: expected >= 1")
+        if self.check_every < 0:
+            raise ValueError(f"TrainConfig.check_every={self.check_every}: expected >= 0")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"TrainConfig.keep={self.keep!r}: expected best or last")
         if self.lr <= 0 or not 0 <= self.warmup < 1 or self.max_minutes < 0:
             raise ValueError(f"TrainConfig: lr={self.lr}, warmup={self.warmup}, max_minutes="
                              f"{self.max_minutes}: expected lr > 0, 0 <= warmup < 1, max_minutes >= 0")
-
-
-class Batch(NamedTuple):
-    images: torch.Tensor  # (B, 3, S, S) float32 in [0, 1]
-    labels: torch.Tensor  # (B, 40) float32 in {0, 1}
 
 
 class Loss(Protocol):
@@ -117,6 +135,10 @@ class Objective(Protocol):
 
     def after_step(self, model: nn.Module, loss: Loss) -> None:
         """Optional: called after each optimizer step (bare model), e.g. to update running buffers."""
+
+    # Optional attribute `select = (metric, "max" | "min")`: the validation metric (a key of
+    # `validate`'s result) whose best value picks the weights kept with TrainConfig.keep="best";
+    # without it, the lowest "total".
 
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -171,22 +193,6 @@ class ShardedBatches:
         shard = rows[self.rank: self.shard_size * self.world_size: self.world_size]
         for i in range(len(self)):
             yield np.sort(shard[i * self.batch_size: (i + 1) * self.batch_size])
-
-
-def read_batch(cache: Cache, rows: np.ndarray, device: torch.device,
-               flip: torch.Generator | None = None, channels_last: bool = False) -> Batch:
-    """Rows of the cache as a Batch on `device`; with `flip`, each image is mirrored left-right
-    with probability 1/2 (faces are symmetric; CelebA's attributes have no side)."""
-    images = torch.from_numpy(cache.images[rows])  # (B, 3, S, S) uint8, one copy out of the memmap
-    if flip is not None:
-        mask = torch.rand(len(rows), generator=flip) < 0.5
-        images[mask] = images[mask].flip(-1)
-    labels = torch.from_numpy(cache.labels[rows].astype(np.float32))
-    non_blocking = device.type == "cuda"
-    x = images.to(device, non_blocking=non_blocking).float().div_(255.0)  # convert on the device
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return Batch(x, labels.to(device, non_blocking=non_blocking))
 
 
 def lr_factor(progress: float, config: TrainConfig) -> float:
@@ -256,11 +262,15 @@ class _Loop:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed + rank)
         self.model = model.to(self.device)
+        if on_gpu:  # fixed shapes: let cuDNN time its algorithms once and keep the fastest
+            torch.backends.cudnn.benchmark = True
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if resume is not None:
             self.model.load_state_dict(resume["model"])
         self.wrapped = wrap_model(self.model) if wrap_model is not None else self.model
+        if config.compile:  # the training forward only; validation and figures use the bare model
+            self.wrapped = torch.compile(self.wrapped)
         self.local_sgd = (config.sync_every > 1 and world_size > 1
                           and torch.distributed.is_available() and torch.distributed.is_initialized())
         if self.local_sgd:
@@ -276,9 +286,13 @@ class _Loop:
         self.batches = ShardedBatches(cache.indices("train"), config.batch_size, rank, world_size,
                                       config.seed)
         self.total_steps = config.epochs * len(self.batches)
+        self.feed = make_feed(config.feed, cache, self.batches.rows, self.device, self.channels_last)
+        self.check_every = config.check_every or (16 if on_gpu else 1)
+        self.select = getattr(objective, "select", ("total", "min"))
         self.step = self.epoch = self.epoch_step = 0
         self.elapsed_before = 0.0
         self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] | None = None  # {"model": state dict, "metrics": ...} of keep="best"
         if resume is not None:
             self._load(resume)
 
@@ -294,6 +308,7 @@ class _Loop:
             "rng": rng_state(self.device),
             "config": asdict(self.config),
             "history": list(self.history),
+            "best": self.best,
         })
 
     def _load(self, state: dict[str, Any]) -> None:
@@ -301,6 +316,9 @@ class _Loop:
         self.step, self.epoch, self.epoch_step = state["step"], state["epoch"], state["epoch_step"]
         self.elapsed_before = float(state["scheduler"]["elapsed_s"])
         self.history = list(state.get("history", []))
+        best = state.get("best")
+        self.best = None if best is None else {
+            "model": {k: v.to(self.device) for k, v in best["model"].items()}, "metrics": best["metrics"]}
         if self.rank == 0:
             set_rng_state(state["rng"], self.device)
         else:  # the checkpoint holds rank 0's streams; other ranks get their own, still seeded
@@ -341,43 +359,68 @@ class _Loop:
             stopped = self._train_epoch(bar)
             if self.epoch_step == len(self.batches):
                 self.epoch, self.epoch_step = self.epoch + 1, 0
-            self._report(validate=True)
+            last = stopped or self.epoch == self.config.epochs
+            if last or self.epoch % self.config.val_every == 0:
+                self._report(validate=True)
         if bar is not None:
             bar.close()
-        last = self.history[-1] if self.history else {}
-        return TrainResult(self.model, last, self.step,
+        metrics = self._keep()
+        return TrainResult(self.model, metrics, self.step,
                            self.epoch + self.epoch_step / len(self.batches), self.history)
+
+    def _keep(self) -> dict[str, float]:
+        """keep="best": load the best validation's weights into the model and, if they are not the
+        last ones, log and report them once more (so a checkpoint-based bundle gets them too)."""
+        last = self.history[-1] if self.history else {}
+        if self.config.keep != "best" or self.best is None:
+            return last
+        best = self.best["metrics"]
+        if best["step"] == self.step:  # the last weights are the best (the same on every rank)
+            return last
+        self.model.load_state_dict(self.best["model"])
+        metrics = {**best, "kept_best_of_step": best["step"], "step": self.step,
+                   "epoch": self.epoch + self.epoch_step / len(self.batches)}
+        self._log(metrics)
+        if self.on_report is not None:
+            self.on_report(metrics, self.state())
+        return metrics
 
     def _train_epoch(self, bar) -> bool:
         """Steps through the rest of this epoch; True when the time budget stopped it."""
-        every = self.config.report_every
-        for i, rows in enumerate(self.batches):
-            if i < self.epoch_step:
-                continue  # resumed mid-epoch: these batches were done before the checkpoint
-            total = self._train_step(rows)
+        every, seed = self.config.report_every, self.config.seed
+        todo = list(self.batches)[self.epoch_step:]  # resumed mid-epoch: the rest of it
+        # flips seeded by (seed, step, rank): the same flips after a resume, and from every feed
+        steps = [Step(rows, (seed * 1_000_003 + self.step + k) * 1009 + self.rank
+                      if self.config.flip else None) for k, rows in enumerate(todo)]
+        self.wrapped.train()
+        for batch in self.feed.epoch(steps):
+            self._train_step(batch)
+            if self.step % self.check_every == 0:
+                self._check()
+                if bar is not None:
+                    bar.set_postfix(loss=f"{self._last_total:.5g}", img_s=f"{self._rate():.0f}",
+                                    refresh=False)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{total:.5g}", img_s=f"{self._rate():.0f}")
             if self.out_of_time():
                 return True
             if every and self.step % every == 0 and self.epoch_step < len(self.batches):
                 self._report(validate=False)
+                self.wrapped.train()
         return False
 
-    def _train_step(self, rows: np.ndarray) -> float:
-        flip = None
-        if self.config.flip:  # seeded by (seed, step, rank): the same flips after a resume
-            flip = torch.Generator().manual_seed(
-                (self.config.seed * 1_000_003 + self.step) * 1009 + self.rank)
-        batch = read_batch(self.cache, rows, self.device, flip, self.channels_last)
-        self.wrapped.train()
+    def _train_step(self, batch: Batch) -> None:
+        """One optimizer step. Nothing here waits for the device: the loss terms are kept on it
+        and read back by `_check` every check_every steps."""
+        if self._cuda:
+            ready = torch.cuda.Event(enable_timing=True)
+            ready.record()
+            self._waits.append((self._asked, ready))
         with self.autocast:
             loss = self.objective.loss(self.wrapped, batch)
-        total = loss.total.detach().float()
-        if not torch.isfinite(total):
-            raise NonFiniteLoss(f"step {self.step + 1} (epoch {self.epoch + 1}, batch "
-                                f"{self.epoch_step + 1}): the loss is {total.item()}; lower --lr "
-                                f"or check the data (terms: {_floats(loss)})")
+        terms = loss._asdict()
+        self._pending.append(torch.stack([v.detach().float().reshape(()) for v in terms.values()]))
+        self._keys = list(terms)
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         if self.config.grad_clip > 0:
@@ -392,35 +435,97 @@ class _Loop:
         self.step, self.epoch_step = self.step + 1, self.epoch_step + 1
         if self.local_sgd and self.step % self.config.sync_every == 0:
             average_weights(self.model)
-        for k, v in _floats(loss).items():
-            self._sums[k] = self._sums.get(k, 0.0) + v
         self._steps += 1
-        self._seen += len(rows)
-        return float(total)
+        self._seen += len(batch.images)
+        if self._cuda:
+            self._asked = torch.cuda.Event(enable_timing=True)
+            self._asked.record()  # the next batch is asked for now
+
+    def _check(self) -> None:
+        """Read back the loss terms of the steps since the last check (one wait for the device);
+        add them to the report's sums; stop on a non-finite total, naming its step."""
+        if not self._pending:
+            return
+        terms = torch.stack(self._pending).cpu().double()  # (steps, terms)
+        first = self.step - len(self._pending) + 1  # the step number of row 0
+        self._pending = []
+        bad = (~torch.isfinite(terms[:, 0])).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            step, per_epoch = first + i, len(self.batches)
+            epoch, batch = (step - 1) // per_epoch + 1, (step - 1) % per_epoch + 1
+            shown = {k: float(v) for k, v in zip(self._keys, terms[i])}
+            raise NonFiniteLoss(f"step {step} (epoch {epoch}, batch {batch}): the loss is "
+                                f"{float(terms[i, 0])}; lower --lr or check the data (terms: {shown})")
+        for k, v in zip(self._keys, terms.sum(0).tolist()):
+            self._sums[k] = self._sums.get(k, 0.0) + v
+        self._last_total = float(terms[-1, 0])
 
     # ------------------------------------------------------------------ reporting
     def _reset_window(self) -> None:
         self._sums: dict[str, float] = {}
+        self._pending: list[torch.Tensor] = []  # (terms,) per step, on the device, not yet read
+        self._keys: list[str] = []
+        self._last_total = float("nan")
         self._steps = self._seen = 0
+        self._cuda = self.device.type == "cuda"
+        self._waits: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+        if self._cuda:
+            self._asked = torch.cuda.Event(enable_timing=True)
+            self._asked.record()
         self._t0 = time.perf_counter()
+
+    def _device_figures(self) -> dict[str, float]:
+        """CUDA: the share of the window's time the GPU spent waiting for batches (from the GPU
+        reaching the point where the loop asked for a batch to the batch being ready: the feed's
+        own kernels and any wait on its uploads or on the host), and the peak memory so far."""
+        if not self._cuda:
+            return {}
+        torch.cuda.synchronize(self.device)
+        wall = 1e3 * (time.perf_counter() - self._t0)
+        wait = sum(a.elapsed_time(b) for a, b in self._waits)
+        return {"data_wait": wait / max(wall, 1e-9),
+                "gpu_peak_mib": torch.cuda.max_memory_allocated(self.device) / 2**20}
 
     def _rate(self) -> float:
         return self._seen / max(time.perf_counter() - self._t0, 1e-9)
 
     def _report(self, validate: bool) -> None:
         """Train means since the last report (+ validation at epoch ends) -> log and on_report."""
+        self._check()  # waits for the device: the window's time below is the steps' own
+        device = self._device_figures()
         if self.local_sgd:
             average_weights(self.model)  # one model to validate and checkpoint
         metrics = {"epoch": self.epoch + self.epoch_step / len(self.batches), "step": self.step,
                    "lr": self.optimizer.param_groups[0]["lr"], "images_per_s": self._rate(),
-                   "elapsed_s": self.elapsed()}
+                   "elapsed_s": self.elapsed(), **device}
         metrics.update({f"train_{k}": v / max(self._steps, 1) for k, v in self._sums.items()})
         if validate:
             metrics = self._evaluate(metrics)
+            self._remember_best(metrics)
         self._log(metrics)
         if self.on_report is not None:
             self.on_report(metrics, self.state())
         self._reset_window()
+
+    def _remember_best(self, metrics: dict[str, float]) -> None:
+        """keep="best": a copy (on the device) of the weights of the best validation so far."""
+        name, mode = self.select
+        if self.config.keep != "best":
+            return
+        value = metrics.get(f"val_{name}", math.nan)
+        if self.world_size > 1 and torch.distributed.is_initialized():
+            # every rank keeps the same weights: rank 0's validation decides
+            nccl = torch.distributed.get_backend() == "nccl"
+            t = torch.tensor([value], dtype=torch.float64, device=self.device if nccl else "cpu")
+            torch.distributed.broadcast(t, src=0)
+            value = float(t)
+        if not math.isfinite(value):
+            return
+        best = None if self.best is None else self.best["metrics"][f"val_{name}"]
+        if best is None or (value > best if mode == "max" else value < best):
+            self.best = {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                         "metrics": dict(metrics, **{f"val_{name}": value})}
 
     def _evaluate(self, metrics: dict[str, float]) -> dict[str, float]:
         """Rank 0: validation metrics and figures of the bare model, under a fixed RNG seed so that
@@ -487,7 +592,3 @@ def _copy_to_cpu(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return type(value)(_copy_to_cpu(v) for v in value)
     return value
-
-
-def _floats(loss: Loss) -> dict[str, float]:
-    return {k: float(v.detach().float()) for k, v in loss._asdict().items()}
