@@ -231,6 +231,18 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+@dataclass(frozen=True)
+class Seams:
+    """Where a distributed runner plugs into the loop (see the module docstring); the defaults run
+    the plain loop in this process."""
+    rank: int = 0
+    world_size: int = 1
+    wrap_model: Callable[[nn.Module], nn.Module] | None = None
+    on_report: Report | None = None
+    resume: dict[str, Any] | None = None
+    device: torch.device | None = None
+
+
 def fit(model: nn.Module, objective: Objective, cache: Cache, config: TrainConfig,
         out_dir: str | Path | None = None, *, rank: int = 0, world_size: int = 1,
         wrap_model: Callable[[nn.Module], nn.Module] | None = None, on_report: Report | None = None,
@@ -241,13 +253,16 @@ def fit(model: nn.Module, objective: Objective, cache: Cache, config: TrainConfi
     (epoch 0 = before training). See the module docstring for the distributed seams. Returns the
     bare model (trained, on its device), the last metrics, the step count and the history.
     """
-    return _Loop(model, objective, cache, config, out_dir, rank, world_size, wrap_model,
-                 on_report, resume, device).run()
+    seams = Seams(rank=rank, world_size=world_size, wrap_model=wrap_model, on_report=on_report,
+                  resume=resume, device=device)
+    return _Loop(model, objective, cache, config, out_dir, seams).run()
 
 
 class _Loop:
-    def __init__(self, model, objective, cache, config, out_dir, rank, world_size, wrap_model,
-                 on_report, resume, device):
+    def __init__(self, model: nn.Module, objective: Objective, cache: Cache, config: TrainConfig,
+                 out_dir: str | Path | None, seams: Seams):
+        rank, world_size, wrap_model = seams.rank, seams.world_size, seams.wrap_model
+        on_report, resume, device = seams.on_report, seams.resume, seams.device
         self.objective, self.cache, self.config = objective, cache, config
         self.rank, self.world_size, self.on_report = rank, world_size, on_report
         self.main = rank == 0
