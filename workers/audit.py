@@ -3,17 +3,17 @@
 A thin shell over faceedit/audit.py: every actor holds the latent models, the judge, the face
 table's codes and the vectors once (shared through Ray's object store), and runs `run_job` on the
 jobs it is handed, exactly as the in-process path does; results come back in job order, so the
-numbers are the same. Ray touches only this file: start a local Ray (no dashboard) or join
-$RAY_ADDRESS, an ActorPool to map the jobs, and shutdown in `finally` when this run started it.
+numbers are the same. Ray touches only this file: join the cluster at --address (or
+$RAY_ADDRESS) or start a local Ray on 127.0.0.1 (workers/cluster.py), an ActorPool to map the
+jobs, and disconnect at the end.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from faceedit.audit import Base, Job, JobResult, run_job
+from workers.cluster import ray_session
 
 OBJECT_STORE_BYTES = 128 * 1024**2  # the models, codes and vectors of an audit are a few MB
 
@@ -32,31 +32,9 @@ class AuditWorker:
                        self.vectors[job.latent])
 
 
-@contextlib.contextmanager
-def local_ray(workers: int) -> Iterator[None]:
-    """Join $RAY_ADDRESS, or start a local Ray with `workers` CPUs and no dashboard; shut down in
-    finally what this started (a joined cluster is left running)."""
-    import ray
-
-    started = False
-    if not ray.is_initialized():
-        quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
-        address = os.environ.get("RAY_ADDRESS", "")
-        if address:
-            ray.init(address=address, logging_config=quiet)
-        else:
-            ray.init(address="local", num_cpus=workers, include_dashboard=False,
-                     object_store_memory=OBJECT_STORE_BYTES, logging_config=quiet)
-            started = True
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
-def ray_runner(workers: int, threads_per_worker: int = 1, progress: bool = True):
-    """A `Runner` for faceedit.audit.run_audit that maps its jobs over `workers` Ray actors."""
+def ray_runner(workers: int, threads_per_worker: int = 1, progress: bool = True, address: str = ""):
+    """A `Runner` for faceedit.audit.run_audit that maps its jobs over `workers` Ray actors, on the
+    cluster at `address` (else $RAY_ADDRESS, else a local Ray with `workers` CPUs)."""
     if workers < 1:
         raise ValueError(f"--workers {workers}: expected at least 1")
 
@@ -65,7 +43,7 @@ def ray_runner(workers: int, threads_per_worker: int = 1, progress: bool = True)
         from ray.util import ActorPool
         from tqdm import tqdm
 
-        with local_ray(workers):
+        with ray_session(address, num_cpus=workers, object_store_bytes=OBJECT_STORE_BYTES):
             remote = ray.remote(num_cpus=1)(AuditWorker)
             refs = [ray.put(x) for x in (models, judge, base.mu, vectors)]
             actors = [remote.remote(*refs, threads_per_worker) for _ in range(workers)]
