@@ -81,11 +81,12 @@ def run_plain(cache: Path, model_config: VAEConfig, config: TrainConfig, out: Pa
 
 def run_ray(cache: Path, model_config: VAEConfig, config: TrainConfig, workers: int, out: Path,
             device: str, threads: int) -> dict:
+    from faceedit.objective import VAERecipe
     from workers.train import RayConfig, train_on_ray
 
     start = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):  # progress lines to stderr, the JSON to stdout
-        run = train_on_ray(cache, out / "vae", model_config, config, workers,
+        run = train_on_ray(cache, out / "vae", VAERecipe(model_config), config, workers,
                            RayConfig(storage=str(out / "storage"), run_name="bench",
                                      keep_checkpoints=0, num_cpus=threads,
                                      gpu="yes" if device.startswith("cuda") else "no"),

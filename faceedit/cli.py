@@ -286,19 +286,16 @@ def _add_judge(p: argparse.ArgumentParser) -> None:
 
 def _run_judge(args: argparse.Namespace) -> int:
     import json
-    from dataclasses import asdict
 
-    from faceedit.attributes import ATTRIBUTES
-    from faceedit.cache import Cache
-    from faceedit.judge import JudgeConfig, save_judge, train_judge
+    from faceedit.judge import JudgeConfig, JudgeRecipe
+    from faceedit.recipe import train_bundle
     from faceedit.trainer import TrainConfig
 
-    cache = Cache.open(args.cache)
     config, train = dataclass_from_args(JudgeConfig, args), dataclass_from_args(TrainConfig, args)
-    result = train_judge(cache, config, train)
-    save_judge(args.out, result, {"cache": cache.hash, "training": asdict(train)})
-    summary = {"auc_mean": round(float(result.auc[result.auc == result.auc].mean()), 4),
-               "cannot_judge": [a for a, ok in zip(ATTRIBUTES, result.can_judge) if not ok]}
+    _, record = train_bundle(args.cache, args.out, JudgeRecipe(config), train)
+    auc = [v for v in record["judge"]["auc"].values() if v is not None]
+    summary = {"auc_mean": round(sum(auc) / len(auc), 4) if auc else None,
+               "cannot_judge": record["judge"]["cannot_judge"]}
     print(f"wrote {args.out}: {json.dumps(summary)}")
     return 0
 
@@ -315,6 +312,8 @@ def _add_audit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="report folder to write (replaced atomically)")
     p.add_argument("--workers", type=int, default=0, help="spread the edit-and-score batches over N "
                    "Ray workers (0: in this process; the numbers are the same)")
+    p.add_argument("--address", default="", help="with --workers: a Ray cluster to join (host:port "
+                   "of the head; default: $RAY_ADDRESS, else a local Ray on 127.0.0.1 only)")
     p.add_argument("--device", default="cpu", help="where the in-process path decodes and scores: "
                    "cpu, cuda, cuda:1 (default: cpu)")
     p.add_argument("--pca-bundle", type=Path, default=None, help="a PCA bundle (kind pca) of the same D "
@@ -334,7 +333,7 @@ def _run_audit(args: argparse.Namespace) -> int:
     if args.workers:
         from workers.audit import ray_runner
 
-        runner = ray_runner(args.workers, progress=not args.quiet)
+        runner = ray_runner(args.workers, progress=not args.quiet, address=args.address)
     result = audit_folders(str(args.bundle), str(args.bank), str(args.cache), [str(j) for j in args.judge],
                            str(args.out), config, runner, progress=not args.quiet, device=args.device,
                            pca_bundle=args.pca_bundle and str(args.pca_bundle),
@@ -387,6 +386,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     from faceedit.cache import Cache
     from faceedit.model import VAEConfig
+    from faceedit.objective import VAERecipe
     from faceedit.trainer import TrainConfig
 
     cache = Cache.open(args.cache)
@@ -396,18 +396,19 @@ def _run_train(args: argparse.Namespace) -> int:
     if log_dir.exists() and not log_dir.is_dir():  # say so now, not from a Ray worker later
         raise ValueError(f"--log-dir {log_dir}: exists and is not a folder (metrics.jsonl and "
                          "figures/ go in it); pass another --log-dir")
+    recipe = VAERecipe(model_config)
     if args.workers >= 1:
         from workers.train import RayConfig, train_on_ray
 
-        run = train_on_ray(args.cache, args.out, model_config, train_config, args.workers,
+        run = train_on_ray(args.cache, args.out, recipe, train_config, args.workers,
                            dataclass_from_args(RayConfig, args), log_dir=log_dir)
         metrics = run.metrics
     else:
-        from faceedit.objective import train_vae
+        from faceedit.recipe import train_bundle
         from faceedit.trainer import NonFiniteLoss
 
         try:
-            metrics = train_vae(cache, args.out, model_config, train_config, log_dir).metrics
+            metrics = train_bundle(cache, args.out, recipe, train_config, log_dir)[0].metrics
         except NonFiniteLoss as e:
             print(f"faceedit train: error: {e}", file=sys.stderr)
             return 3
@@ -561,11 +562,11 @@ def _run_run(args: argparse.Namespace) -> int:
     profile = PROFILES[args.profile]
     print(f"profile: {profile.name}; outputs under {args.out}")
 
-    def train_vae(cache: Path, out: Path, model_config, train_config) -> None:
+    def train_vae(cache: Path, out: Path, recipe, train_config) -> None:
         from workers.train import RayConfig, train_on_ray  # Ray is imported here only
 
         ray_config = RayConfig(gpu=args.gpu, address=args.address, storage=str(args.out / "ray"))
-        train_on_ray(cache, out, model_config, train_config, args.workers, ray_config)
+        train_on_ray(cache, out, recipe, train_config, args.workers, ray_config)
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     timings = main_job(args.out, data, profile, train_vae, device).run()

@@ -217,24 +217,42 @@ class JudgeResult:
     history: list[dict[str, float]]
 
 
+@dataclass(frozen=True)
+class JudgeRecipe:
+    """The judge as a `faceedit.recipe.Recipe`: trained by `faceedit.recipe.train_bundle` in this
+    process or by workers/train.py on Ray; its bundle records the held-out AUC per attribute."""
+
+    config: JudgeConfig = JudgeConfig()
+
+    def build(self) -> Judge:
+        return Judge(self.config)
+
+    def objective(self) -> JudgeObjective:
+        return JudgeObjective()
+
+    def check(self, cache) -> None:
+        from faceedit.recipe import check_image_size
+
+        check_image_size(cache, self.config.image_size, "judge")
+        _val_rows(cache)  # before training: its AUC needs held-out faces
+
+    def finish(self, model: Judge, cache, log_dir: Path | None) -> dict:
+        auc = val_auc(model, cache)
+        return {"judge": judge_record(auc, judgeable(auc, self.config.min_auc), self.config.min_auc)}
+
+
 def train_judge(cache, config: JudgeConfig, train: "TrainConfig", out_dir: str | Path | None = None,
                 **fit_seams) -> JudgeResult:
     """Train a judge on the cache's train split with the team's loop; AUC on its val split.
+    (`faceedit.recipe.train_bundle(cache, out, JudgeRecipe(config), train)` also writes its bundle.)
 
-    `fit_seams` go to faceedit.trainer.fit unchanged (rank, world_size, wrap_model, on_report, ...),
-    so the Ray worker can train it as it trains the VAE.
+    `fit_seams` go to faceedit.trainer.fit unchanged (rank, world_size, wrap_model, on_report, ...).
     """
-    from faceedit.trainer import fit
+    from faceedit.recipe import train_model
 
-    if cache.size != config.image_size:
-        raise ValueError(f"{cache.root}: images are {cache.size}x{cache.size}, the judge config "
-                         f"expects image_size={config.image_size}")
-    _val_rows(cache)  # before training: its AUC needs held-out faces
-    torch.manual_seed(train.seed)  # initial weights: the same judge for the same inputs
-    result = fit(Judge(config), JudgeObjective(), cache, train, out_dir, **fit_seams)
-    model = result.model.cpu().eval()
-    auc = val_auc(model, cache)
-    return JudgeResult(model, auc, judgeable(auc, config.min_auc), result.history)
+    result = train_model(cache, JudgeRecipe(config), train, out_dir, **fit_seams)
+    auc = val_auc(result.model, cache)
+    return JudgeResult(result.model, auc, judgeable(auc, config.min_auc), result.history)
 
 
 def val_auc(model: nn.Module, cache) -> np.ndarray:
@@ -255,17 +273,21 @@ def _val_rows(cache) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- the bundle
 
+def judge_record(auc: np.ndarray, can_judge: Sequence[bool], min_auc: float) -> dict:
+    """What a judge bundle's config.json records of its held-out AUC (40,) and verdicts."""
+    return {
+        "auc": {a: (None if not np.isfinite(v) else round(float(v), 6)) for a, v in zip(ATTRIBUTES, auc)},
+        "can_judge": {a: bool(ok) for a, ok in zip(ATTRIBUTES, can_judge)},
+        "cannot_judge": [a for a, ok in zip(ATTRIBUTES, can_judge) if not ok],
+        "min_auc": min_auc,
+    }
+
+
 def save_judge(path: str | Path, result: JudgeResult, meta: dict | None = None) -> Path:
     """A bundle of kind "judge": weights + config + per-attribute held-out AUC and verdicts."""
     from faceedit.bundle import save_bundle
 
-    cfg = result.model.config
-    record = {
-        "auc": {a: (None if not np.isfinite(v) else round(float(v), 6)) for a, v in zip(ATTRIBUTES, result.auc)},
-        "can_judge": {a: ok for a, ok in zip(ATTRIBUTES, result.can_judge)},
-        "cannot_judge": [a for a, ok in zip(ATTRIBUTES, result.can_judge) if not ok],
-        "min_auc": cfg.min_auc,
-    }
+    record = judge_record(result.auc, result.can_judge, result.model.config.min_auc)
     return save_bundle(path, result.model, {**(meta or {}), "judge": record})
 
 

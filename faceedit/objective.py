@@ -4,7 +4,7 @@ reconstructions, a grid of prior samples)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -16,7 +16,8 @@ from faceedit.cache import Cache, to_float
 from faceedit.figures import grid, save_png
 from faceedit.metrics import bits_per_dim, psnr
 from faceedit.model import VAE, VAEConfig, VAELoss, VAEOutput, gaussian_nll, kl_divergence, vae_loss
-from faceedit.trainer import Batch, TrainConfig, TrainResult, fit
+from faceedit.recipe import check_image_size
+from faceedit.trainer import Batch
 
 SIGMA_MOMENTUM = 0.95  # EMA of the calibrated decoder's ln s: settles within ~50 steps
 
@@ -96,25 +97,21 @@ def fit_prior(model: VAE, cache: Cache, log_dir: str | Path | None = None, batch
             "variance_max": float(eig.max())}
 
 
-def train_vae(cache: str | Path | Cache, out: str | Path, model_config: VAEConfig,
-              train_config: TrainConfig, log_dir: str | Path | None = None,
-              meta: dict[str, Any] | None = None, **fit_seams: Any) -> TrainResult:
-    """Train a VAE in this process (the plain loop) and write its bundle to `out` (atomically).
+@dataclass(frozen=True)
+class VAERecipe:
+    """The VAE as a `faceedit.recipe.Recipe`: trained by `faceedit.recipe.train_bundle` in this
+    process or by workers/train.py on Ray; its bundle records the fitted sampling prior."""
 
-    The bundle's config.json records the cache's content hash, the training settings and the final
-    metrics; `log_dir` receives metrics.jsonl and figures/. `fit_seams` go to `trainer.fit`.
-    """
-    from faceedit.bundle import save_bundle
+    config: VAEConfig
 
-    cache = cache if isinstance(cache, Cache) else Cache.open(cache)
-    if cache.size != model_config.image_size:
-        raise ValueError(f"{cache.root}: images are {cache.size}x{cache.size}, the model config "
-                         f"expects image_size={model_config.image_size}")
-    torch.manual_seed(train_config.seed)  # initial weights (the Ray worker seeds the same way)
-    model = VAE(model_config)
-    result = fit(model, VAEObjective(model_config), cache, train_config, log_dir, **fit_seams)
-    model = result.model.cpu().eval()
-    prior = fit_prior(model, cache, log_dir)
-    save_bundle(out, model, {"cache": cache.hash, "training": asdict(train_config), "prior": prior,
-                             "metrics": result.metrics, "steps": result.step, **(meta or {})})
-    return result
+    def build(self) -> VAE:
+        return VAE(self.config)
+
+    def objective(self) -> VAEObjective:
+        return VAEObjective(self.config)
+
+    def check(self, cache: Cache) -> None:
+        check_image_size(cache, self.config.image_size, "model")
+
+    def finish(self, model: VAE, cache: Cache, log_dir: Path | None) -> dict[str, Any]:
+        return {"prior": fit_prior(model, cache, log_dir)}

@@ -129,7 +129,10 @@ PROFILES: dict[str, Profile] = {
 }
 
 
-TrainVAE = Callable[[Path, Path, Any, Any], None]  # (cache, out bundle, VAEConfig, TrainConfig)
+# Trains a recipe into a bundle: (cache, out bundle, Recipe, TrainConfig). The CLI passes the Ray
+# trainer (workers/train.py `train_on_ray`, with its workers and cluster bound); the default is
+# faceedit.recipe.train_bundle, the plain loop in this process.
+TrainBundle = Callable[[Path, Path, Any, Any], Any]
 
 
 def source_fingerprint(data_dir: Path) -> str:
@@ -151,17 +154,20 @@ def _weights_hash(bundle: Path) -> str:
     return sha256_file(bundle / "model.safetensors")
 
 
-def main_job(out: Path, data: Path | None, profile: Profile, train_vae: TrainVAE,
+def main_job(out: Path, data: Path | None, profile: Profile, train_vae: TrainBundle | None = None,
              device: str = "cpu", log: Callable[[str], None] = print) -> Pipeline:
     """The stages of `faceedit run`: [synth] -> prepare -> train -> vectors -> judge -> audit -> figures.
 
-    `train_vae` trains the VAE and writes its bundle (the CLI passes the Ray trainer, so that this
-    library module does not import Ray). Every output lands under `out`.
+    `train_vae` trains the VAE's recipe and writes its bundle (the CLI passes the Ray trainer, so
+    that this library module does not import Ray; default: the plain loop in this process). The
+    judge trains in this process. Every output lands under `out`.
     """
     from faceedit.audit import AuditConfig
     from faceedit.bank import BankConfig
     from faceedit.judge import JudgeConfig
     from faceedit.model import VAEConfig
+    from faceedit.objective import VAERecipe
+    from faceedit.recipe import train_bundle
     from faceedit.trainer import TrainConfig
 
     paths = {name: out / name for name in ("synth", "cache", "bundle", "bank", "judge", "report",
@@ -172,6 +178,7 @@ def main_job(out: Path, data: Path | None, profile: Profile, train_vae: TrainVAE
     judge_train_cfg = TrainConfig(**profile.judge_train)
     audit_cfg = AuditConfig(**profile.audit)
     bank_cfg = BankConfig()
+    train_vae = train_vae or train_bundle
     source = data if data is not None else paths["synth"]
     stages: list[Stage] = []
     if data is None:
@@ -188,7 +195,8 @@ def main_job(out: Path, data: Path | None, profile: Profile, train_vae: TrainVAE
         Stage("train: the VAE on local Ray", paths["bundle"],
               {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
               lambda: {"cache": _cache_hash(paths["cache"])},
-              lambda p: train_vae(paths["cache"], p, model_cfg, train_cfg), profile.eta_s["train"]),
+              lambda p: train_vae(paths["cache"], p, VAERecipe(model_cfg), train_cfg),
+              profile.eta_s["train"]),
         Stage("vectors: the attribute bank", paths["bank"], dataclasses.asdict(bank_cfg),
               lambda: {"cache": _cache_hash(paths["cache"]), "bundle": _weights_hash(paths["bundle"])},
               lambda p: _vectors(paths["bundle"], paths["cache"], p, bank_cfg), profile.eta_s["vectors"]),
@@ -239,11 +247,10 @@ def _vectors(bundle: Path, cache: Path, out: Path, config: Any) -> None:
 
 
 def _judge(cache: Path, out: Path, config: Any, train: Any) -> None:
-    from faceedit.cache import Cache
-    from faceedit.judge import save_judge, train_judge
+    from faceedit.judge import JudgeRecipe
+    from faceedit.recipe import train_bundle
 
-    result = train_judge(Cache.open(cache), config, train)
-    save_judge(out, result, {"cache_content_hash": _cache_hash(cache)})
+    train_bundle(cache, out, JudgeRecipe(config), train)
 
 
 def _audit(paths: dict[str, Path], out: Path, config: Any, device: str) -> None:

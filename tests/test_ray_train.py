@@ -12,6 +12,7 @@ from pathlib import Path
 
 from faceedit.bundle import load_bundle
 from faceedit.model import VAEConfig
+from faceedit.objective import VAERecipe
 from faceedit.trainer import TrainConfig
 from test_ray_support import FAST_RAY_ENV, SNAPSHOT, last_step, read_jsonl, wait_for, write_tiny_cache
 from workers.train import RayConfig, train_on_ray
@@ -44,7 +45,8 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path, mo
 
     killer = threading.Thread(target=kill_rank1_after_first_checkpoint, daemon=True)
     killer.start()
-    run = train_on_ray(cache, tmp_path / "vae", VAEConfig(image_size=32, latent_dim=8, channels=(8, 16), blocks=0, groups=4),
+    model = VAEConfig(image_size=32, latent_dim=8, channels=(8, 16), blocks=0, groups=4)
+    run = train_on_ray(cache, tmp_path / "vae", VAERecipe(model),
                        TrainConfig(epochs=EPOCHS, batch_size=BATCH, lr=3e-3, report_every=EVERY, val_images=VAL),
                        workers=2, ray_config=RayConfig(storage=str(tmp_path / "storage"), run_name="ft",
                                                        max_failures=1, keep_checkpoints=0),
@@ -74,3 +76,51 @@ def test_a_worker_killed_mid_epoch_resumes_from_the_last_checkpoint(tmp_path, mo
     assert bundle.meta["steps"] == EPOCHS * PER_EPOCH
     assert bundle.model.reconstruct(bundle.model.sample(2)).shape == (2, 3, 32, 32)
 
+
+
+def listening_addresses() -> set[str]:
+    """The addresses this process and its descendants (the local Ray's) listen on."""
+    import psutil
+
+    ours = {p.pid for p in psutil.Process().children(recursive=True)} | {os.getpid()}
+    return {c.laddr.ip for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in ours}
+
+
+def test_the_judge_trains_on_ray_into_the_bundle_the_plain_loop_writes(tmp_path, monkeypatch):
+    """Any recipe trains on Ray: one Ray worker with one thread trains the judge to the very
+    weights, held-out AUC and record of the plain loop with one thread. Inside a `ray_session`
+    (a local Ray on 127.0.0.1), train_on_ray joins it and leaves it running."""
+    import ray
+    import torch
+
+    from faceedit.judge import JudgeConfig, JudgeRecipe
+    from faceedit.recipe import train_bundle
+    from workers.cluster import ray_session
+
+    for key, value in FAST_RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cache = write_tiny_cache(tmp_path / "cache", 320 + 64, 64)
+    recipe = JudgeRecipe(JudgeConfig(image_size=32, width=4, stages=2))
+    train = TrainConfig(epochs=1, max_minutes=0, batch_size=32, threads=1, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        _, record = train_bundle(cache, tmp_path / "plain", recipe, train)
+    finally:
+        torch.set_num_threads(threads)
+    with ray_session(num_cpus=2):
+        assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
+        assert listening_addresses() <= {"127.0.0.1", "::ffff:127.0.0.1"}, listening_addresses()
+        run = train_on_ray(cache, tmp_path / "ray", recipe, train, workers=1,
+                           ray_config=RayConfig(storage=str(tmp_path / "storage"), cpus_per_worker=1))
+        assert ray.is_initialized(), "train_on_ray shut down a Ray it did not start"
+    assert not ray.is_initialized()
+
+    plain, on_ray = load_bundle(tmp_path / "plain"), load_bundle(run.bundle)
+    assert on_ray.kind == plain.kind == "judge"
+    assert on_ray.meta["weights"]["sha256"] == plain.meta["weights"]["sha256"]
+    assert on_ray.meta["judge"] == plain.meta["judge"] == record["judge"]
+    assert on_ray.meta["steps"] == plain.meta["steps"] == 320 // 32
+    assert on_ray.meta["cache"] == plain.meta["cache"] == record["cache"]
+    assert on_ray.meta["ray"]["workers"] == 1 and "ray" not in plain.meta

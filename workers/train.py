@@ -1,5 +1,10 @@
-"""Distributed training of the VAE on Ray Train: the library's loop (`faceedit.trainer.fit`) in a
+"""Distributed training on Ray Train: the library's loop (`faceedit.trainer.fit`) in a
 `TorchTrainer`, one process per worker, kept in step by DDP or by local SGD (`--sync-every`).
+
+What it trains is a `faceedit.recipe.Recipe` (a model factory, its objective, what to record after
+training): the VAE (`faceedit.objective.VAERecipe`), the judge (`faceedit.judge.JudgeRecipe`) or
+any other kind. The driver writes the bundle with `faceedit.recipe.write_bundle`, as the plain loop
+(`faceedit.recipe.train_bundle`) does.
 
 As in Ray's torch_fashion_mnist_example, Ray touches the plain PyTorch loop at its seams only:
   - the model:   `ray.train.torch.prepare_model` (DDP; NCCL on GPU, gloo on CPU) via `wrap_model`;
@@ -26,7 +31,6 @@ without loading it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -43,16 +47,16 @@ from typing import Any, Iterator, Literal
 
 import torch
 
-from faceedit.bundle import config_to_dict, save_bundle
+from faceedit.bundle import config_to_dict
 from faceedit.cache import Cache
 from faceedit.files import atomic_write_json
-from faceedit.model import VAE, VAEConfig
-from faceedit.objective import fit_prior
+from faceedit.recipe import Recipe, write_bundle
 from faceedit.trainer import TrainConfig
+from workers.cluster import local_object_store_bytes, ray_session
 
 STATE_FILE = "state.pt"  # the loop's checkpoint state dict inside a Ray checkpoint folder
-MIN_OBJECT_STORE = 80 * 2**20  # Ray refuses less than 75 MiB
-MAX_OBJECT_STORE = 512 * 2**20  # only checkpoint metadata passes through it; data never does
+__all__ = ["RayConfig", "RayRun", "default_run_name", "local_object_store_bytes", "plan_placement",
+           "train_on_ray", "load_state", "save_state"]
 
 
 @dataclass(frozen=True)
@@ -149,18 +153,12 @@ def plan_placement(nodes: list[dict[str, float]], workers: int, gpu: str,
     return Placement(workers, use_gpu, best, note)
 
 
-def default_run_name(out: Path, cache_hash: str, model_config: VAEConfig,
+def default_run_name(out: Path, cache_hash: str, model_config: Any,
                      train_config: TrainConfig, workers: int) -> str:
     """`<bundle name>-<8 hex>`: the same command resumes its own run, changed settings start anew."""
     key = json.dumps({"cache": cache_hash, "model": config_to_dict(model_config),
                       "train": dataclasses.asdict(train_config), "workers": workers}, sort_keys=True)
     return f"{out.name}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
-
-
-def local_object_store_bytes() -> int:
-    """A modest object store for a local Ray: 5% of RAM, between 80 and 512 MiB."""
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(min(max(ram // 20, MIN_OBJECT_STORE), MAX_OBJECT_STORE))
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -180,36 +178,34 @@ def load_state(folder: str | Path) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------- the driver
 
-def train_on_ray(cache: str | Path, out: str | Path, model_config: VAEConfig,
-                 train_config: TrainConfig, workers: int, ray_config: RayConfig = RayConfig(),
+def train_on_ray(cache: str | Path, out: str | Path, recipe: Recipe, train_config: TrainConfig,
+                 workers: int, ray_config: RayConfig = RayConfig(),
                  log_dir: str | Path | None = None, meta: dict[str, Any] | None = None) -> RayRun:
-    """Train the VAE of `model_config` on the cache's train split with `workers` Ray workers and
-    write the model bundle to `out` (atomically). `train_config.batch_size` is per worker: the
-    effective batch is workers x batch_size; the learning rate is used as given.
+    """Train the recipe's model on the cache's train split with `workers` Ray workers and write its
+    bundle to `out` (atomically). `train_config.batch_size` is per worker: the effective batch is
+    workers x batch_size; the learning rate is used as given.
 
     Joins the cluster of `ray_config.address` (or $RAY_ADDRESS), else starts a local Ray and shuts
-    it down at the end, whatever happens. A run of the same name in `ray_config.storage` resumes
-    from its last checkpoint. `log_dir` (default: <storage>/<run>/log for local storage) receives
-    rank 0's metrics.jsonl and figures; `meta` is added to the bundle's config.json.
+    it down at the end, whatever happens (workers/cluster.py). A run of the same name in
+    `ray_config.storage` resumes from its last checkpoint. `log_dir` (default:
+    <storage>/<run>/log for local storage) receives rank 0's metrics.jsonl and figures; `meta` is
+    added to the bundle's config.json.
     """
     import ray
 
     cache_obj = Cache.open(cache)  # fail here, before Ray starts, on a bad cache
-    if cache_obj.size != model_config.image_size:
-        raise ValueError(f"{cache_obj.root}: images are {cache_obj.size}x{cache_obj.size}, the "
-                         f"model config expects image_size={model_config.image_size}")
+    recipe.check(cache_obj)
     out = Path(out)
-    name = ray_config.run_name or default_run_name(out, cache_obj.hash, model_config,
+    name = ray_config.run_name or default_run_name(out, cache_obj.hash, recipe.config,
                                                    train_config, workers)
     storage = _storage_path(ray_config.storage)
     if log_dir is None and "://" not in storage:
         log_dir = Path(storage) / name / "log"
-    started = _connect(ray_config)
-    try:
+    with ray_session(ray_config.address, ray_config.num_cpus):
         nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
         placement = plan_placement(nodes, workers, ray_config.gpu, ray_config.cpus_per_worker)
-        spec = {"cache": str(Path(cache).resolve()), "model": config_to_dict(model_config),
-                "train": dataclasses.asdict(train_config), "threads": placement.cpus_per_worker,
+        spec = {"cache": str(Path(cache).resolve()), "recipe": recipe, "train": train_config,
+                "threads": placement.cpus_per_worker,
                 "log_dir": str(Path(log_dir).resolve()) if log_dir is not None else None}
         sync = (f"local SGD, weights averaged every {train_config.sync_every} steps"
                 if train_config.sync_every > 1 else "DDP")
@@ -218,55 +214,12 @@ def train_on_ray(cache: str | Path, out: str | Path, model_config: VAEConfig,
              f"peak lr {train_config.lr:g} (AdamW, {train_config.schedule}, {sync}); "
              f"{placement.cpus_per_worker} CPU(s) and torch thread(s) per worker")
         result = _fit(spec, placement, ray_config, name, storage)
-    finally:
-        if started:
-            ray.shutdown()
-    return _write_bundle(result, out, model_config, train_config, cache_obj, placement, name,
+    return _write_bundle(result, out, recipe, train_config, cache_obj, placement, name,
                          log_dir, meta)
 
 
 def _storage_path(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
-
-
-@contextlib.contextmanager
-def _loopback_only() -> Iterator[None]:
-    """Make a local Ray listen on 127.0.0.1 only. Ray resolves an explicit 127.0.0.1 to the
-    machine's network address; this switch (named for Windows/macOS, where it is the default)
-    makes it use the loopback address instead. Set only while the local Ray's processes start."""
-    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-    old = os.environ.get(key)
-    os.environ[key] = "0"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = old
-
-
-def _connect(config: RayConfig) -> bool:
-    """Join the cluster at config.address / $RAY_ADDRESS, or start a local Ray. True when this
-    call connected (ray.shutdown() then disconnects, and stops a Ray it started); False when
-    the caller had already connected."""
-    import ray
-
-    address = config.address or os.environ.get("RAY_ADDRESS", "")
-    if ray.is_initialized():
-        return False
-    # Errors only from Ray's own loggers in this job's processes: without a dashboard the state
-    # API is absent and Ray Train's placement-group watchdog would warn about it every few
-    # seconds; our progress lines go to stdout, not through logging.
-    quiet = ray.LoggingConfig(encoding="TEXT", log_level="ERROR")
-    if address:
-        ray.init(address=address, logging_config=quiet)
-        return True
-    with _loopback_only():
-        ray.init(address="local", num_cpus=config.num_cpus or os.cpu_count(),
-                 include_dashboard=False, object_store_memory=local_object_store_bytes(),
-                 logging_config=quiet)
-    return True
 
 
 def _fit(spec: dict[str, Any], placement: Placement, config: RayConfig, name: str, storage: str):
@@ -290,25 +243,23 @@ def _fit(spec: dict[str, Any], placement: Placement, config: RayConfig, name: st
     return trainer.fit()
 
 
-def _write_bundle(result, out: Path, model_config: VAEConfig, train_config: TrainConfig,
-                  cache: Cache, placement: Placement, name: str, log_dir, meta) -> RayRun:
+def _write_bundle(result, out: Path, recipe: Recipe, train_config: TrainConfig, cache: Cache,
+                  placement: Placement, name: str, log_dir, meta) -> RayRun:
     """The model bundle from the run's last checkpoint (written by the driver: the checkpoint in
     storage is how the weights travel from the workers)."""
     if result.checkpoint is None:
         raise RuntimeError(f"Ray run {name!r} ended without a checkpoint (error: {result.error})")
     with result.checkpoint.as_directory() as folder:
         state = load_state(folder)
-    model = VAE(model_config)
+    model = recipe.build()
     model.load_state_dict(state["model"])
-    prior = fit_prior(model, cache, log_dir)
+    model.eval()
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
-    bundle_meta = {"cache": cache.hash, "training": dataclasses.asdict(train_config),
-                   "metrics": metrics, "prior": prior, "steps": int(state["step"]),
-                   "ray": {"run": name, "path": result.path, "workers": placement.workers,
-                           "gpu": placement.use_gpu, "cpus_per_worker": placement.cpus_per_worker,
-                           "effective_batch_size": placement.workers * train_config.batch_size},
-                   **(meta or {})}
-    save_bundle(out, model, bundle_meta)
+    ray_record = {"run": name, "path": result.path, "workers": placement.workers,
+                  "gpu": placement.use_gpu, "cpus_per_worker": placement.cpus_per_worker,
+                  "effective_batch_size": placement.workers * train_config.batch_size}
+    write_bundle(out, recipe, model, cache, train_config, metrics=metrics, steps=int(state["step"]),
+                 log_dir=log_dir, meta={"ray": ray_record, **(meta or {})})
     checkpoints = [m for _, m in result.best_checkpoints]
     checkpoints.sort(key=lambda m: m.get("step", 0))
     _say(f"ray: bundle {out} (step {state['step']}, epoch {state['epoch']})")
@@ -328,7 +279,6 @@ def _train_worker(spec: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
-    from faceedit.objective import VAEObjective
     from faceedit.trainer import fit
 
     ctx = ray.train.get_context()
@@ -336,11 +286,10 @@ def _train_worker(spec: dict[str, Any]) -> None:
     _quiet_report_log()
     torch.set_num_threads(spec["threads"])
     # The tqdm bar does not survive Ray's line-based log forwarding: rank 0 prints lines instead.
-    config = dataclasses.replace(TrainConfig(**_tuples(spec["train"])), progress=False,
-                                 threads=spec["threads"])
-    model_config = VAEConfig.from_dict(spec["model"])
+    config = dataclasses.replace(spec["train"], progress=False, threads=spec["threads"])
+    recipe: Recipe = spec["recipe"]
     torch.manual_seed(config.seed)  # the same initial weights as the plain loop (DDP syncs them)
-    model = VAE(model_config)
+    model = recipe.build()
     checkpoint = ray.train.get_checkpoint()  # Ray: the last checkpoint of this run, if any
     resume = None
     if checkpoint is not None:
@@ -348,7 +297,7 @@ def _train_worker(spec: dict[str, Any]) -> None:
             resume = load_state(folder)
     log_dir = Path(spec["log_dir"]) if spec["log_dir"] else None
     _announce(log_dir, rank, world, resume)
-    fit(model, VAEObjective(model_config), Cache.open(spec["cache"]), config, log_dir,
+    fit(model, recipe.objective(), Cache.open(spec["cache"]), config, log_dir,
         rank=rank, world_size=world,
         wrap_model=_wrapper(config),
         on_report=_Reporter(rank, world, config, resume),
@@ -371,10 +320,6 @@ def _quiet_report_log() -> None:
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
-
-
-def _tuples(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
 
 
 def _announce(log_dir: Path | None, rank: int, world: int, resume: dict | None) -> None:
