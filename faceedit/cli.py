@@ -522,7 +522,35 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if only is None or name == only:
             globals()[f"_add_{name}"](p)
+            if name in WRITES_FOLDER and "--overwrite" not in p._option_string_actions:
+                p.add_argument("--overwrite", action="store_true", help="replace --out even when it "
+                               "holds files faceedit did not write (default: refuse, naming them)")
     return parser
+
+
+# Subcommands whose --out is a folder (replaced atomically, and only when it is faceedit's own or
+# with --overwrite); `run` writes one folder per stage under --out.
+WRITES_FOLDER = ("run", "prepare", "synth", "vectors", "judge", "audit", "train", "pca")
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """Before any work: refuse an --out holding a user's files (a mistyped --out must not delete
+    them), or, with --overwrite, mark it as replaceable."""
+    from faceedit.files import check_replaceable, claim_dir
+
+    if args.command not in WRITES_FOLDER or getattr(args, "out", None) is None:
+        return
+    if args.command == "run":
+        from faceedit.pipeline import STAGE_FOLDERS
+
+        outs = [args.out / name for name in STAGE_FOLDERS]
+    else:
+        outs = [args.out]
+    for out in outs:
+        if args.overwrite:
+            claim_dir(out)
+        else:
+            check_replaceable(out)
 
 
 def _add_run(p: argparse.ArgumentParser) -> None:
@@ -590,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     # the source line Python shows by default.
     warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
+        _check_out(args)
         return int(run(args) or 0)
     except (ValueError, FileNotFoundError) as e:
         # Library errors already name the file, field or value: show them without a traceback.

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from faceedit.files import atomic_write_json, sha256_file
+from faceedit.files import atomic_write_json, check_replaceable, sha256_file
 from faceedit.judge import TRAINING as JUDGE_TRAINING
 
 STAMP = ".stage.json"
+STAGE_FOLDERS = ("synth", "cache", "bundle", "bank", "judge", "report", "figures")  # under `run --out`
 
 
 def stage_key(settings: dict[str, Any], inputs: dict[str, str]) -> str:
@@ -29,14 +30,16 @@ def stage_key(settings: dict[str, Any], inputs: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def is_fresh(out: Path, key: str) -> bool:
-    stamp = out / STAMP
-    if not stamp.is_file():
-        return False
+def _stamp(out: Path) -> dict[str, Any]:
     try:
-        return json.loads(stamp.read_text()).get("key") == key
-    except json.JSONDecodeError:
-        return False
+        doc = json.loads((out / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def is_fresh(out: Path, key: str) -> bool:
+    return _stamp(out).get("key") == key
 
 
 @dataclass
@@ -58,6 +61,9 @@ class Pipeline:
     def run(self) -> dict[str, float]:
         """Run every stage in order, skipping those whose output is up to date; seconds per stage."""
         total = len(self.stages)
+        for stage in self.stages:  # before any work: no stage may replace a user's folder
+            if _stamp(stage.out).get("stage") != stage.name:  # a folder it stamped is its own
+                check_replaceable(stage.out, f"the {stage.name.split(':')[0]} stage's output folder")
         for i, stage in enumerate(self.stages, 1):
             key = stage_key(stage.settings, stage.inputs())
             if is_fresh(stage.out, key):
@@ -170,8 +176,7 @@ def main_job(out: Path, data: Path | None, profile: Profile, train_vae: TrainBun
     from faceedit.recipe import train_bundle
     from faceedit.trainer import TrainConfig
 
-    paths = {name: out / name for name in ("synth", "cache", "bundle", "bank", "judge", "report",
-                                            "figures")}
+    paths = {name: out / name for name in STAGE_FOLDERS}
     model_cfg = VAEConfig(image_size=profile.image_size, **profile.model)
     train_cfg = TrainConfig(**profile.train)
     judge_cfg = JudgeConfig(image_size=profile.image_size, **profile.judge)

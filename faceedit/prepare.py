@@ -21,7 +21,7 @@ from tqdm import tqdm
 from faceedit.attributes import ATTRIBUTES
 from faceedit.cache import CACHE_FORMAT, SPLITS, CacheError
 from faceedit.celeba import CelebAError, CelebAListing, list_celeba
-from faceedit.files import atomic_dir, atomic_write_json, atomic_write_text
+from faceedit.files import OutputExists, atomic_dir, atomic_write_json, atomic_write_text, check_replaceable
 from faceedit.images import CELEBA_CROP, CELEBA_SIZE, decode_chunk
 
 CHUNK = 128  # files per task: ~1.5 MB of 64x64 pixels per message back
@@ -101,8 +101,10 @@ def _make_readable(folder: Path) -> None:
 
 def _check_out(out: Path) -> None:
     """Refuse to replace a folder that is not a cache (a typo in --out must not delete a user's files)."""
-    if out.is_file() or (out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file()):
-        raise CacheError(f"{out} exists and is not a faceedit cache; refusing to replace it (pick another --out)")
+    try:
+        check_replaceable(out, "cache folder")
+    except OutputExists as e:
+        raise CacheError(f"{e} (it is not a faceedit cache)") from None
 
 
 def _check_args(size: int, limit: int | None, split: tuple[float, float, float]) -> None:
