@@ -607,13 +607,13 @@ class AuditInputs:
 
 def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], config: AuditConfig,
                 pca_bundle: str | None = None, pca_bank: str | None = None,
-                progress: bool = True) -> AuditInputs:
+                progress: bool = True, allow_bank_mismatch: bool = False) -> AuditInputs:
     """Open and cross-check the inputs. Several judge folders make a committee (the mean of their
     logits, faceedit.judge.Committee). With config.pca, the PCA baseline comes from pca_bundle and
     pca_bank when given (a bundle of kind "pca" and a bank built on it), else it is fitted here."""
     from pathlib import Path
 
-    from faceedit.bank import AttributeBank
+    from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
     from faceedit.cache import Cache
     from faceedit.files import sha256_file
@@ -621,6 +621,7 @@ def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], 
 
     judges = [judge] if isinstance(judge, (str, Path)) else list(judge)
     c, vae, bk = Cache.open(cache), load_bundle(bundle), AttributeBank.load(bank)
+    check_built_from(bk, vae.model, bundle, allow=allow_bank_mismatch)
     jd = load_committee(judges, c)
     D = vae.config.latent_dim
     if bk.dim != D:
@@ -644,6 +645,7 @@ def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], 
         if pb.kind != "pca" or pb.config.latent_dim != D or pk.dim != D:
             raise ValueError(f"{pca_bundle}, {pca_bank}: expected a PCA bundle and bank of D={D}, got "
                              f"kind {pb.kind!r}, D={getattr(pb.config, 'latent_dim', None)}, bank D={pk.dim}")
+        check_built_from(pk, pb.model, pca_bundle, allow=allow_bank_mismatch)
         latents["pca"] = Latent(pb.model, pk)
         record.update(pca_bundle_weights_sha256=pb.meta["weights"]["sha256"],
                       pca_bank_vectors_sha256=sha256_file(Path(pca_bank) / "vectors.safetensors"))
@@ -674,7 +676,7 @@ def compute(inputs: AuditInputs, config: AuditConfig, runner: Runner | None = No
 def audit_folders(bundle: str, bank: str, cache: str, judge: str | Sequence[str], out: str,
                   config: AuditConfig = AuditConfig(), runner: Runner | None = None,
                   progress: bool = True, device: str = "cpu", pca_bundle: str | None = None,
-                  pca_bank: str | None = None) -> dict[str, Any]:
+                  pca_bank: str | None = None, allow_bank_mismatch: bool = False) -> dict[str, Any]:
     """`faceedit audit`: load the inputs, audit, write the report folder at `out`. Returns the
     result, with "seconds" and "faces_per_s" (edited faces scored per second, PCA fit excluded),
     which are not written into the report (it regenerates byte for byte)."""
@@ -682,7 +684,8 @@ def audit_folders(bundle: str, bank: str, cache: str, judge: str | Sequence[str]
 
     from faceedit.report import write_report
 
-    inputs = load_inputs(bundle, bank, cache, judge, config, pca_bundle, pca_bank, progress)
+    inputs = load_inputs(bundle, bank, cache, judge, config, pca_bundle, pca_bank, progress,
+                         allow_bank_mismatch)
     start = time.perf_counter()
     result, strips = compute(inputs, config, runner, progress, device)
     seconds = time.perf_counter() - start

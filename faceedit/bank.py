@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 
 from faceedit import vectors as V
 from faceedit.attributes import ATTRIBUTES, attribute_index
+from faceedit.bundle import weights_digest
 from faceedit.cache import Cache, to_float
 from faceedit.files import atomic_dir, sha256_file
 
@@ -40,6 +41,39 @@ FILES = ("vectors.safetensors", "bank.json")
 
 class BankError(ValueError):
     """A bank folder that is missing, incomplete or inconsistent."""
+
+
+class BankMismatch(BankError):
+    """A bank built from another model than the one it is used with."""
+
+
+def check_built_from(bank: "AttributeBank", model: torch.nn.Module, bundle_path: str | Path | None = None,
+                     allow: bool = False) -> None:
+    """Refuse a bank whose recorded model is not `model` (its vectors point elsewhere in another
+    model's latent space), or that records none; with `allow`, only warn.
+
+    A bank records `weights_digest` of the model it encoded with (source.model_digest); banks from
+    before that record the bundle's config.json hash (source.bundle_hash), checked against
+    `bundle_path`."""
+    source = bank.info.get("source") or {}
+    where = f"bank {bank.path or '(in memory)'}"
+    if source.get("model_digest"):
+        same = source["model_digest"] == weights_digest(model)
+    elif source.get("bundle_hash") and bundle_path is not None and Path(bundle_path, "config.json").is_file():
+        same = source["bundle_hash"] == bundle_digest(bundle_path)
+    else:
+        same = None
+    if same:
+        return
+    problem = ("was built from another model than the bundle" if same is False
+               else "does not record which model it was built from, so it cannot be matched to the bundle")
+    message = (f"{where} {problem} {bundle_path or '(in memory)'}: its vectors would edit along "
+               "unrelated directions. Build the bank from this bundle (`faceedit vectors`), or pass "
+               "--allow-bank-mismatch to use it anyway")
+    if not allow:
+        raise BankMismatch(message)
+    warnings.warn(message.replace(", or pass --allow-bank-mismatch to use it anyway", "; using it anyway"),
+                  stacklevel=2)
 
 
 @dataclass(frozen=True)
@@ -166,7 +200,13 @@ class AttributeBank:
         missing = [f for f in FILES if not (path / f).is_file()]
         if missing:
             raise BankError(f"{path}: incomplete bank, missing {', '.join(missing)}")
-        info = json.loads((path / "bank.json").read_text())
+        try:
+            info = json.loads((path / "bank.json").read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BankError(f"{path / 'bank.json'}: not valid JSON ({e}); rebuild the bank with "
+                            "`faceedit vectors`") from None
+        if not isinstance(info, dict):
+            raise BankError(f"{path / 'bank.json'}: expected a JSON object, got {type(info).__name__}")
         if info.get("format") != BANK_FORMAT:
             raise BankError(f"{path}/bank.json: format {info.get('format')!r}, expected {BANK_FORMAT}")
         if sha256_file(path / "vectors.safetensors") != info.get("vectors_sha256"):
@@ -241,7 +281,7 @@ def build_bank(model: torch.nn.Module, cache: Cache, config: BankConfig = BankCo
         "attributes": list(ATTRIBUTES),
         "latent_dim": int(mu.shape[1]),
         "settings": asdict(config),
-        "source": {"bundle_hash": bundle_hash, "cache_hash": cache.hash,
+        "source": {"bundle_hash": bundle_hash, "model_digest": weights_digest(model), "cache_hash": cache.hash,
                    "faces": {config.split: len(train), config.eval_split: len(held)}},
         "per_attribute": records,
         "capped_vectors": [a for a in ATTRIBUTES if records[a]["capped"]],

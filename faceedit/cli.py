@@ -145,7 +145,20 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this "
                    "machine only; 0.0.0.0 exposes the editor to the network)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by "
+                   "default; needs --auth or --no-auth)")
+    _add_exposure(p)
+    p.add_argument("--keep-minutes", type=float, default=60.0, help="uploads, rendered faces, downloads "
+                   "and session state are deleted this long after they were made (default: 60)")
+    p.add_argument("--allow-bank-mismatch", action="store_true", help="serve a bank built from "
+                   "another model than --bundle (default: refuse; its edits would be meaningless)")
+
+
+def _add_exposure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auth", default=None, metavar="USER:PASSWORD", help="require this login; needed "
+                   "(or --no-auth) when --host is not 127.0.0.1, since the page receives people's photos")
+    p.add_argument("--no-auth", action="store_true", help="expose the editor beyond this machine "
+                   "without a login (only on a network you trust)")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
@@ -156,9 +169,13 @@ def _run_serve(args: argparse.Namespace) -> int:
               "Make a bundle and a bank with the main job, `./run.sh` (or `faceedit run`), then e.g.\n"
               "  faceedit serve --bundle runs/<run>/bundle --bank runs/<run>/bank", file=sys.stderr)
         return 2
-    from ui.app import serve  # Gradio is imported here only
+    from ui.app import check_exposure, parse_auth, serve  # Gradio is imported here only
 
-    serve(args.bundle, args.bank, host=args.host, port=args.port, share=args.share, cache=args.cache)
+    auth = parse_auth(args.auth)
+    check_exposure(args.host, args.share, auth, args.no_auth)
+    serve(args.bundle, args.bank, host=args.host, port=args.port, share=args.share, cache=args.cache,
+          auth=auth, no_auth=args.no_auth, keep_minutes=args.keep_minutes,
+          allow_bank_mismatch=args.allow_bank_mismatch)
     return 0
 
 
@@ -214,12 +231,14 @@ def _add_edit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", type=int, default=2, help="enlarge faces this many times, "
                    "nearest-neighbour (default: 2)")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--allow-bank-mismatch", action="store_true", help="use a bank built from another "
+                   "model than --bundle (default: refuse)")
 
 
 def _run_edit(args: argparse.Namespace) -> int:
     import torch
 
-    from faceedit.bank import AttributeBank, bundle_digest
+    from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
     from faceedit.edit import edit, image_grid, parse_strengths, png_bytes, strip
     from faceedit.files import atomic_write_bytes
@@ -232,8 +251,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     if bank.dim != model.config.latent_dim:
         raise ValueError(f"{args.bank}: vectors of dimension {bank.dim}, but the bundle's latent has "
                          f"{model.config.latent_dim}; build the bank from this bundle (faceedit vectors)")
-    if bank.info.get("source", {}).get("bundle_hash") not in (None, "", bundle_digest(bundle.path)):
-        print(f"faceedit edit: warning: {args.bank} was built from another bundle", file=sys.stderr)
+    check_built_from(bank, model, bundle.path, allow=args.allow_bank_mismatch)
     x = _edit_faces(args, model.config.image_size)  # (F, 3, S, S) float in [0, 1]
     with torch.no_grad():
         z = model.encode(x)[0]  # (F, D)
@@ -320,6 +338,8 @@ def _add_audit(p: argparse.ArgumentParser) -> None:
                    "to use as the baseline, with --pca-bank (default: fit PCA on the train split here)")
     p.add_argument("--pca-bank", type=Path, default=None, help="the attribute bank built on --pca-bundle")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--allow-bank-mismatch", action="store_true", help="audit a bank built from "
+                   "another model than --bundle (default: refuse)")
     add_dataclass_args(p, AuditConfig)
 
 
@@ -337,7 +357,8 @@ def _run_audit(args: argparse.Namespace) -> int:
     result = audit_folders(str(args.bundle), str(args.bank), str(args.cache), [str(j) for j in args.judge],
                            str(args.out), config, runner, progress=not args.quiet, device=args.device,
                            pca_bundle=args.pca_bundle and str(args.pca_bundle),
-                           pca_bank=args.pca_bank and str(args.pca_bank))
+                           pca_bank=args.pca_bank and str(args.pca_bank),
+                           allow_bank_mismatch=args.allow_bank_mismatch)
     print(f"wrote {args.out}: " + json.dumps({
         "attributes": len(result["attributes"]), "edited_images": result["edited_images"],
         "seconds": round(result["seconds"], 1), "faces_per_s": round(result["faces_per_s"], 1)}))
@@ -572,6 +593,7 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    help="open the editor when done; --no-serve stops after the report (default: serve)")
     p.add_argument("--host", default="127.0.0.1", help="editor address (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="editor port (default: 7860)")
+    _add_exposure(p)
 
 
 def _run_run(args: argparse.Namespace) -> int:
@@ -588,6 +610,12 @@ def _run_run(args: argparse.Namespace) -> int:
     else:
         print(f"data: CelebA folder {data}")
     profile = PROFILES[args.profile]
+    auth = None
+    if args.serve:  # refuse an unprotected --host now, not after the whole job
+        from ui.app import check_exposure, parse_auth
+
+        auth = parse_auth(args.auth)
+        check_exposure(args.host, False, auth, args.no_auth)
     print(f"profile: {profile.name}; outputs under {args.out}")
 
     def train_vae(cache: Path, out: Path, recipe, train_config) -> None:
@@ -605,7 +633,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
         print(f"the editor: http://{args.host}:{args.port} (Ctrl-C stops it)")
         serve(args.out / "bundle", args.out / "bank", host=args.host, port=args.port,
-              cache=args.out / "cache")
+              cache=args.out / "cache", auth=auth, no_auth=args.no_auth)
     return 0
 
 

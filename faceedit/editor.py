@@ -23,7 +23,7 @@ import torch
 from PIL import Image, ImageDraw, ImageOps
 
 from faceedit.attributes import ATTRIBUTES, FEATURED, attribute_index
-from faceedit.bank import AttributeBank
+from faceedit.bank import AttributeBank, check_built_from
 from faceedit.bundle import Bundle, load_bundle
 from faceedit.cache import Cache, CacheError, to_float
 from faceedit.edit import edit as edit_latent
@@ -100,7 +100,7 @@ class Editor:
     """A loaded VAE bundle and attribute bank, and the operations of the editor page."""
 
     def __init__(self, bundle: Bundle, bank: AttributeBank, cache: Cache | None = None,
-                 threads: int | None = None, n_examples: int = 9):
+                 threads: int | None = None, n_examples: int = 9, allow_bank_mismatch: bool = False):
         if threads is not None:
             torch.set_num_threads(max(1, threads))
         self.bundle, self.bank, self.cache = bundle, bank, cache
@@ -112,17 +112,20 @@ class Editor:
             raise ValueError(f"bank {bank_path_of(bank)} has none of the methods {', '.join(EDIT_METHODS)}")
         self.example_rows = self._example_rows(n_examples)
         self._check_bank()
+        check_built_from(bank, self.model, bundle.path, allow=allow_bank_mismatch)
 
     @classmethod
     def load(cls, bundle: str | Path, bank: str | Path, cache: str | Path | None = None,
-             threads: int | None = None, n_examples: int = 9) -> "Editor":
+             threads: int | None = None, n_examples: int = 9, allow_bank_mismatch: bool = False
+             ) -> "Editor":
         """Load a bundle folder and a bank folder. `cache`: where to take example faces from; by
-        default the cache the bundle records it was trained on, when that folder is present."""
+        default the cache the bundle records it was trained on, when that folder is present. A bank
+        built from another model is refused unless allow_bank_mismatch (then a warning)."""
         b = load_bundle(bundle)
         k = AttributeBank.load(bank)
         c = Cache.open(cache) if cache is not None else training_cache(b)  # a named cache must open
         return cls(b, k, c, threads=default_threads() if threads is None else threads,
-                   n_examples=n_examples)
+                   n_examples=n_examples, allow_bank_mismatch=allow_bank_mismatch)
 
     # ------------------------------------------------------------------ encode / decode
 

@@ -11,6 +11,7 @@ import torch
 from faceedit import vectors as V
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.bank import METHODS, AttributeBank, BankConfig, BankError, build_bank, confounder_sets, encode_rows
+from faceedit.bundle import weights_digest
 from faceedit.cache import Cache, write_arrays
 from faceedit.model import VAE, VAEConfig
 
@@ -60,7 +61,8 @@ def test_bank_contents(built):
     assert info["Male"]["projected_out"] == ["Mouth_Slightly_Open", "Smiling"]
     assert info["Eyeglasses"]["projected_out"] == ["Male"]
     assert sum(c["count"] for c in info["Smiling"]["cells"]) == len(train)
-    assert bank.info["source"] == {"bundle_hash": "b" * 64, "cache_hash": "tiny-0",
+    assert bank.info["source"] == {"bundle_hash": "b" * 64, "model_digest": weights_digest(model),
+                                   "cache_hash": "tiny-0",
                                    "faces": {"train": len(train), "val": len(cache.indices("val"))}}
     # The vectors are the ones vectors.py computes from the encoded train split.
     mu = encode_rows(model, cache, train, progress=False)

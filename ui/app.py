@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import tempfile
 import threading
 import time
@@ -27,6 +28,9 @@ from faceedit.editor import (COMPARE_METHODS, MAX_STEPS, STRENGTH_LIMIT, Editor,
 from faceedit.files import atomic_write_bytes
 
 MAX_FILE_SIZE = "20mb"  # uploads above this are refused by the server before any handler runs
+KEEP_MINUTES = 60  # uploads, results, downloads and session state are deleted after this long
+SESSION_CAP = 1000  # sessions whose state is kept at once; the oldest go first beyond it
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CONCURRENCY = 4  # requests decoded at once; the rest wait in the queue
 MAX_QUEUE = 256
 IMAGE_TYPES = [".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"]
@@ -56,6 +60,28 @@ def _fail(e: Exception) -> gr.Error:
     return gr.Error(str(e), title="Cannot do that")
 
 
+def inside(folder: Path, name: str) -> Path:
+    """folder / name, refusing any name that would leave `folder` (absolute, `..`, a separator)."""
+    path = (folder / name).resolve()
+    if path.parent != folder.resolve() or not name or name in (".", ".."):
+        raise ValueError(f"refusing to write outside {folder}: {name!r}")
+    return path
+
+
+def whole(value: Any, what: str, low: int, high: int) -> int:
+    """A whole number from a page or API value, or a ValueError that says what was expected."""
+    try:
+        number = float(value if value is not None else low)
+        if number != int(number):
+            raise ValueError
+        number = int(number)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{what} {value!r}: expected a whole number from {low} to {high}") from None
+    if not low <= number <= high:
+        raise ValueError(f"{what} {number}: expected a whole number from {low} to {high}")
+    return number
+
+
 class ImageFiles:
     """Images handed to Gradio as PNG files written atomically, one per distinct content.
 
@@ -65,42 +91,58 @@ class ImageFiles:
     temporary name and renamed. Files older than `keep_s` are removed as new ones are written.
     """
 
-    def __init__(self, folder: Path, keep_s: float = 600.0):
+    def __init__(self, folder: Path, keep_s: float = KEEP_MINUTES * 60.0):
         self.folder, self.keep_s = folder, keep_s
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._writes, self._lock = 0, threading.Lock()
+        self._lock, self._pruned = threading.Lock(), time.time()
 
     def __call__(self, image: np.ndarray | None) -> str | None:
         if image is None:
             return None
         data = png_bytes(image)
-        path = self.folder / f"{hashlib.sha256(data).hexdigest()[:32]}.png"
+        path = inside(self.folder, f"{hashlib.sha256(data).hexdigest()[:32]}.png")
         if not path.exists():
             atomic_write_bytes(path, data)
-            with self._lock:
-                self._writes += 1
-                prune = self._writes % 200 == 0
-            if prune:
-                self._prune()
+        self.prune()
         return str(path)
 
-    def _prune(self) -> None:
-        cutoff = time.time() - self.keep_s
-        for p in self.folder.glob("*.png"):
-            try:
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
-            except FileNotFoundError:  # pruned by another request at the same moment
-                pass
+    def prune(self) -> None:
+        """Delete what is older than keep_s (looked at no more than once a minute)."""
+        with self._lock:
+            if time.time() - self._pruned < min(60.0, self.keep_s):
+                return
+            self._pruned = time.time()
+        prune_older(self.folder, self.keep_s)
+
+
+def prune_older(folder: Path, keep_s: float) -> None:
+    """Remove the entries of `folder` (files, or folders with their files) older than keep_s."""
+    cutoff = time.time() - keep_s
+    for p in list(folder.iterdir()) if folder.is_dir() else []:
+        try:
+            if p.lstat().st_mtime < cutoff:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except FileNotFoundError:  # pruned by another request at the same moment
+            pass
 
 
 class Handlers:
     """The page's callbacks; each is a plain function of page values (testable without a server)."""
 
-    def __init__(self, editor: Editor, download_dir: str | Path | None = None):
-        self.editor = editor
-        work = Path(download_dir or tempfile.mkdtemp(prefix="faceedit-ui-"))
-        self.download_dir, self.png = work / "downloads", ImageFiles(work / "images")
+    def __init__(self, editor: Editor, download_dir: str | Path | None = None,
+                 keep_s: float = KEEP_MINUTES * 60.0):
+        self.editor, self.keep_s = editor, keep_s
+        self.own_work = download_dir is None  # a temporary folder of ours: removed by close()
+        self.work = Path(download_dir or tempfile.mkdtemp(prefix="faceedit-ui-"))
+        self.download_dir, self.png = self.work / "downloads", ImageFiles(self.work / "images", keep_s)
+
+    def close(self) -> None:
+        """Delete what this page wrote (its temporary folder; or, for a given folder, its files)."""
+        if self.own_work:
+            shutil.rmtree(self.work, ignore_errors=True)
+        else:
+            for sub in (self.download_dir, self.png.folder):
+                shutil.rmtree(sub, ignore_errors=True)
 
     def encode(self, photo: str | None):
         """Photo file -> (z, crop preview, original, reconstruction, edited = reconstruction)."""
@@ -155,14 +197,16 @@ class Handlers:
             msg = str(e).replace(str(photo_b), Path(photo_b).name) if photo_b else str(e)
             raise _fail(ValueError(msg)) from None
 
-    def download(self, z: Any, strengths: dict | None, method: str, request: gr.Request | None = None):
+    def download(self, z: Any, strengths: dict | None, method: str):
         """The edited face as PNG files: model resolution and upscaled."""
         try:
             image = self.editor.edit(z, strengths or {}, method)
         except ValueError as e:
             raise _fail(e) from None
-        session = getattr(request, "session_hash", None) or uuid.uuid4().hex
-        folder = self.download_dir / str(session)[:32]
+        # A folder named here, never from the request (a client chooses its session hash).
+        self.download_dir.mkdir(parents=True, exist_ok=True)
+        prune_older(self.download_dir, self.keep_s)
+        folder = inside(self.download_dir, uuid.uuid4().hex)
         return [str(p) for p in save_downloads(image, folder, stem=f"faceedit-{method}")]
 
 
@@ -186,16 +230,36 @@ def _slider_rows(names: tuple[str, ...]) -> list[gr.Slider]:
     return sliders
 
 
-def build_app(editor: Editor, download_dir: str | Path | None = None) -> gr.Blocks:
-    """The editor page over a loaded Editor."""
-    h = Handlers(editor, download_dir)
-    with gr.Blocks(title="faceedit", delete_cache=(3600, 3600)) as demo:
-        z = gr.State(None)
+def kept_line(keep_minutes: float) -> str:
+    """The page's one line on what the server keeps, and for how long."""
+    return (f"Privacy: a photo you upload, the faces made from it and your downloads are kept on this "
+            f"server only for you, and deleted within {_minutes(keep_minutes)} (your session's state "
+            "too); nothing of a photo is logged.")
+
+
+def _minutes(m: float) -> str:
+    return f"{m:g} minute{'s' if m != 1 else ''}" if m < 120 else f"{m / 60:g} hours"
+
+
+def build_app(editor: Editor, download_dir: str | Path | None = None,
+              keep_minutes: float = KEEP_MINUTES) -> gr.Blocks:
+    """The editor page over a loaded Editor. Everything it stores (uploads, rendered faces,
+    downloads, session state) is deleted `keep_minutes` after it was made; `demo.handlers.close()`
+    removes its temporary folder (launch does, when the server stops)."""
+    if not keep_minutes > 0:
+        raise ValueError(f"keep_minutes {keep_minutes}: expected a positive number of minutes")
+    keep_s = keep_minutes * 60.0
+    h = Handlers(editor, download_dir, keep_s)
+    # Gradio's cache (uploads and the files handed to the page): checked every keep_s / 6 (at least
+    # a minute), so nothing stays much longer than keep_s.
+    with gr.Blocks(title="faceedit", delete_cache=(max(60, int(keep_s // 6)), int(keep_s))) as demo:
+        z = gr.State(None, time_to_live=keep_s)
         strengths = gr.JSON(value={}, visible=False)
         gr.Markdown("## faceedit: edit a face along attribute vectors\n"
                     "Upload a face photo or pick a held-out face; it is cropped like the training "
                     "faces and encoded once. Each slider adds its attribute vector "
                     "(in units of the vector's length) to the code, and the face is decoded again.")
+        gr.Markdown(kept_line(keep_minutes), elem_id="privacy")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
                 photo = gr.File(label="Face photo (JPEG, PNG or WebP)", file_types=IMAGE_TYPES,
@@ -268,20 +332,61 @@ def build_app(editor: Editor, download_dir: str | Path | None = None) -> gr.Bloc
         download_btn.click(h.download, [z, strengths, method], files, api_name="download").then(
             lambda: gr.update(visible=True), None, files, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
+    demo.handlers = h  # type: ignore[attr-defined]
     return demo
+
+
+def check_exposure(host: str, share: bool, auth: tuple[str, str] | None, no_auth: bool) -> None:
+    """Serving beyond this machine needs a login, or the explicit choice of none."""
+    if (host not in LOOPBACK or share) and auth is None and not no_auth:
+        where = "a public gradio.live link" if share else f"--host {host}"
+        raise ValueError(f"{where} exposes the editor (and the photos sent to it) beyond this machine: "
+                         "pass --auth USER:PASSWORD to require a login, or --no-auth to expose it "
+                         "without one")
+
+
+def parse_auth(text: str | None) -> tuple[str, str] | None:
+    """'user:password' -> (user, password); ValueError naming what is wrong."""
+    if text is None:
+        return None
+    user, sep, password = text.partition(":")
+    if not sep or not user or not password:
+        raise ValueError("--auth: expected USER:PASSWORD (both non-empty, separated by a colon)")
+    return user, password
 
 
 def launch(editor: Editor, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           block: bool = True, quiet: bool = False) -> gr.Blocks:
-    """Build the page and serve it. block=False returns at once (tests); close with demo.close()."""
-    demo = build_app(editor)
-    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
-                show_error=True, prevent_thread_lock=not block, quiet=quiet, css=CSS,
-                footer_links=["api"])
+           block: bool = True, quiet: bool = False, auth: tuple[str, str] | None = None,
+           no_auth: bool = False, keep_minutes: float = KEEP_MINUTES) -> gr.Blocks:
+    """Build the page and serve it. block=False returns at once (tests); close with `close(demo)`.
+    A non-loopback host or share=True needs `auth` (user, password) or no_auth=True."""
+    check_exposure(host, share, auth, no_auth)
+    demo = build_app(editor, keep_minutes=keep_minutes)
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
+                    show_error=True, prevent_thread_lock=not block, quiet=quiet, css=CSS,
+                    footer_links=["api"], auth=auth, state_session_capacity=SESSION_CAP)
+    finally:
+        if block:  # served until interrupted: delete what it kept
+            close(demo)
     return demo
 
 
+def close(demo: gr.Blocks) -> None:
+    """Stop the server and delete its temporary files (its folder and Gradio's cache of it)."""
+    from gradio.route_utils import delete_files_created_by_app
+
+    demo.close()
+    demo.handlers.close()
+    delete_files_created_by_app(demo, age=None)  # uploads and served files, whatever their age
+
+
 def serve(bundle: str | Path, bank: str | Path, host: str = "127.0.0.1", port: int = 7860,
-          share: bool = False, cache: str | Path | None = None) -> None:
+          share: bool = False, cache: str | Path | None = None, auth: tuple[str, str] | None = None,
+          no_auth: bool = False, keep_minutes: float = KEEP_MINUTES,
+          allow_bank_mismatch: bool = False) -> None:
     """Load bundle and bank, then serve until interrupted."""
-    launch(Editor.load(bundle, bank, cache=cache), host=host, port=port, share=share)
+    check_exposure(host, share, auth, no_auth)
+    editor = Editor.load(bundle, bank, cache=cache, allow_bank_mismatch=allow_bank_mismatch)
+    launch(editor, host=host, port=port, share=share, auth=auth, no_auth=no_auth,
+           keep_minutes=keep_minutes)

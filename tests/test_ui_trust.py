@@ -1,0 +1,238 @@
+"""The editor server writes only where it chose, keeps nothing longer than it says, and is not exposed
+without a login by accident (issue 27)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from faceedit.bank import AttributeBank, BankConfig, BankError, BankMismatch, build_bank
+from faceedit.bundle import save_bundle
+from faceedit.cache import Cache
+from faceedit.editor import Editor
+from faceedit.model import VAE, VAEConfig
+from test_ui import free_port, write_cache
+
+gr = pytest.importorskip("gradio")
+
+from ui.app import (KEEP_MINUTES, Handlers, build_app, check_exposure, close, inside, kept_line,  # noqa: E402
+                    launch, parse_auth, prune_older)
+
+CFG = VAEConfig(image_size=16, latent_dim=8, channels=(4, 8), blocks=0, groups=2)
+
+
+def tiny_model(seed: int) -> VAE:
+    torch.manual_seed(seed)
+    return VAE(CFG).eval()
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory) -> dict[str, Path]:
+    """A bundle, its bank, and a second bundle of another model (the bank does not fit it)."""
+    root = tmp_path_factory.mktemp("trust")
+    cache = Cache.open(write_cache(root / "cache", n=64, size=16))
+    model = tiny_model(0)
+    bundle = save_bundle(root / "bundle", model, {"cache": cache.hash})
+    other = save_bundle(root / "other", tiny_model(1), {"cache": cache.hash})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bank = build_bank(model, cache, BankConfig(batch_size=64), progress=False).save(root / "bank")
+    return {"root": root, "cache": cache.root, "bundle": bundle, "other": other, "bank": bank}
+
+
+@pytest.fixture(scope="module")
+def photo(paths) -> Path:
+    from PIL import Image
+
+    path = paths["root"] / "my-face-4f2a.png"
+    Image.fromarray(np.full((40, 32, 3), 120, np.uint8)).save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- where it writes
+
+def test_inside_refuses_names_that_leave_the_folder(tmp_path):
+    assert inside(tmp_path, "abc") == (tmp_path / "abc").resolve()
+    for name in ("/etc/x", "../x", "a/../../x", "a/b", "..", ".", ""):
+        with pytest.raises(ValueError, match="outside"):
+            inside(tmp_path, name)
+
+
+def test_download_folder_is_the_servers_choice(paths, tmp_path):
+    h = Handlers(Editor.load(paths["bundle"], paths["bank"], threads=1), tmp_path / "work")
+    z, _ = h.editor.sample(0)
+    files = [Path(p) for p in h.download(z.numpy(), {"Smiling": 1.0}, "balanced")]
+    assert all(p.resolve().parent.parent == (tmp_path / "work" / "downloads").resolve() for p in files)
+
+
+def test_hostile_session_hashes_write_nothing_outside(paths, photo, tmp_path):
+    """Every endpoint that writes, called with session hashes that name other places."""
+    from gradio_client import Client, handle_file
+
+    import shutil
+    import uuid
+
+    editor = Editor.load(paths["bundle"], paths["bank"], cache=paths["cache"], threads=1)
+    demo = launch(editor, port=free_port(), block=False, quiet=True)
+    # short enough to survive the [:32] the download folder name was cut to
+    targets = [Path("/tmp") / f"fe27-{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    hostile = [str(targets[0]), "../" * 5 + str(targets[1]).lstrip("/")]
+    assert all(len(h) <= 32 for h in hostile)
+    try:
+        for session in hostile:
+            client = Client(demo.local_url, verbose=False)
+            client.session_hash = session
+            client.predict(handle_file(str(photo)), api_name="/encode")
+            client.predict(0, api_name="/example")
+            client.predict(3, api_name="/sample")
+            client.predict({"Smiling": 1.5}, "balanced", True, api_name="/edit")
+            client.predict(None, 2, 3, api_name="/interpolate")
+            files = client.predict({"Smiling": 1.5}, "balanced", api_name="/download")
+            assert len(files) == 2
+    finally:
+        close(demo)
+        escaped = [t for t in targets if t.exists()]
+        for t in escaped:
+            shutil.rmtree(t)
+    assert not escaped, "a client chose where the server writes"
+
+
+# ---------------------------------------------------------------------------- what it keeps
+
+def test_downloads_and_images_are_pruned_and_removed_on_close(paths, tmp_path):
+    h = Handlers(Editor.load(paths["bundle"], paths["bank"], threads=1), keep_s=3600)
+    z, _ = h.editor.sample(0)
+    first = Path(h.download(z.numpy(), {}, "balanced")[0]).parent
+    old = time.time() - 7200
+    os.utime(first, (old, old))
+    second = Path(h.download(z.numpy(), {"Male": 1.0}, "balanced")[0]).parent
+    assert not first.exists() and second.exists(), "a download older than keep_s is deleted"
+    png = Path(h.png(np.zeros((4, 4, 3), np.uint8)))
+    os.utime(png, (old, old))
+    prune_older(h.png.folder, h.keep_s)
+    assert not png.exists()
+    work = h.work
+    assert work.is_dir()
+    h.close()
+    assert not work.exists(), "the temporary folder goes when the page closes"
+
+
+def test_page_says_what_is_kept_and_state_expires(paths):
+    editor = Editor.load(paths["bundle"], paths["bank"], threads=1)
+    demo = build_app(editor, keep_minutes=30)
+    try:
+        texts = [b.value for b in demo.blocks.values() if isinstance(b, gr.Markdown)]
+        assert kept_line(30) in texts and "30 minutes" in kept_line(30)
+        states = [b for b in demo.blocks.values() if isinstance(b, gr.State)]
+        assert states and all(s.time_to_live == 30 * 60 for s in states)
+        assert demo.delete_cache[1] == 30 * 60 and demo.delete_cache[0] <= 30 * 60
+    finally:
+        demo.handlers.close()
+    assert KEEP_MINUTES == 60
+    with pytest.raises(ValueError, match="keep_minutes"):
+        build_app(editor, keep_minutes=0)
+
+
+def test_nothing_of_a_photo_is_logged(paths, photo, capfd):
+    from gradio_client import Client, handle_file
+
+    editor = Editor.load(paths["bundle"], paths["bank"], threads=1)
+    demo = launch(editor, port=free_port(), block=False, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        client.predict(handle_file(str(photo)), api_name="/encode")
+        with pytest.raises(Exception):
+            client.predict(handle_file(str(paths["bank"] / "bank.json")), api_name="/encode")
+    finally:
+        close(demo)
+    out, err = capfd.readouterr()
+    assert photo.stem not in out + err and "bank.json" not in out + err
+
+
+# ---------------------------------------------------------------------------- exposure
+
+def test_exposing_beyond_loopback_needs_auth_or_no_auth():
+    check_exposure("127.0.0.1", False, None, False)
+    for host, share in (("0.0.0.0", False), ("192.168.1.5", False), ("127.0.0.1", True)):
+        with pytest.raises(ValueError, match="--auth USER:PASSWORD"):
+            check_exposure(host, share, None, False)
+        check_exposure(host, share, ("u", "p"), False)
+        check_exposure(host, share, None, True)
+    assert parse_auth("ann:s3cr:et") == ("ann", "s3cr:et")
+    for bad in ("ann", ":pw", "ann:"):
+        with pytest.raises(ValueError, match="USER:PASSWORD"):
+            parse_auth(bad)
+
+
+def test_serve_command_refuses_an_open_network_bind(paths, capsys):
+    from faceedit.cli import main
+
+    code = main(["serve", "--bundle", str(paths["bundle"]), "--bank", str(paths["bank"]),
+                 "--host", "0.0.0.0", "--port", str(free_port())])
+    assert code == 2 and "--no-auth" in capsys.readouterr().err
+
+
+def test_auth_is_required_when_given(paths):
+    import urllib.error
+    import urllib.request
+
+    editor = Editor.load(paths["bundle"], paths["bank"], threads=1)
+    demo = launch(editor, port=free_port(), block=False, quiet=True, auth=("ann", "pw"))
+    try:
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(demo.local_url + "gradio_api/info", timeout=10)
+        assert e.value.code in (401, 403)
+    finally:
+        close(demo)
+
+
+# ---------------------------------------------------------------------------- the bank's bundle
+
+def test_a_bank_of_another_model_is_refused_unless_allowed(paths):
+    with pytest.raises(BankMismatch, match="another model.*--allow-bank-mismatch"):
+        Editor.load(paths["other"], paths["bank"], threads=1)
+    with pytest.warns(UserWarning, match="another model"):
+        Editor.load(paths["other"], paths["bank"], threads=1, allow_bank_mismatch=True)
+    Editor.load(paths["bundle"], paths["bank"], threads=1)  # its own bundle: fine
+
+
+def test_edit_and_audit_refuse_a_mismatched_bank(paths, photo, tmp_path, capsys):
+    from faceedit.audit import AuditConfig, load_inputs
+    from faceedit.cli import main
+
+    args = ["edit", str(photo), "--bundle", str(paths["other"]), "--bank", str(paths["bank"]),
+            "--set", "Smiling=1", "--out", str(tmp_path / "e.png")]
+    assert main(args) == 2 and "another model" in capsys.readouterr().err
+    assert not (tmp_path / "e.png").exists()
+    with pytest.warns(UserWarning):
+        assert main(args + ["--allow-bank-mismatch"]) == 0
+    with pytest.raises(BankMismatch):
+        load_inputs(str(paths["other"]), str(paths["bank"]), str(paths["cache"]), str(paths["other"]),
+                    AuditConfig(pca=False), progress=False)
+
+
+def test_a_bank_recording_no_model_is_refused(paths, tmp_path):
+    import shutil
+
+    bank = shutil.copytree(paths["bank"], tmp_path / "bank")
+    info = json.loads((bank / "bank.json").read_text())
+    info["source"] = {"cache_hash": info["source"]["cache_hash"]}
+    (bank / "bank.json").write_text(json.dumps(info))
+    with pytest.raises(BankMismatch, match="does not record"):
+        Editor.load(paths["bundle"], bank, threads=1)
+
+
+def test_invalid_bank_json_names_the_file(paths, tmp_path):
+    import shutil
+
+    bank = shutil.copytree(paths["bank"], tmp_path / "bank")
+    (bank / "bank.json").write_text('{"format": 1, "methods": [')
+    with pytest.raises(BankError, match=f"{bank / 'bank.json'}: not valid JSON"):
+        AttributeBank.load(bank)
