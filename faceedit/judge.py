@@ -30,6 +30,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from faceedit.attributes import ATTRIBUTES
+from faceedit.model import MAX_SIDE, MAX_STAGES, MAX_WIDTH
 
 if TYPE_CHECKING:
     from faceedit.trainer import TrainConfig
@@ -56,6 +57,13 @@ class JudgeConfig:
                            "attribute is marked 'cannot judge' and its audit numbers greyed out"})
 
     def __post_init__(self) -> None:
+        for name, high in (("image_size", MAX_SIDE), ("width", MAX_WIDTH), ("stages", MAX_STAGES)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value > high:
+                raise ValueError(f"JudgeConfig.{name}={value!r}: expected a whole number up to {high}")
+        if self.width * 2 ** (self.stages - 1) > MAX_WIDTH:
+            raise ValueError(f"JudgeConfig: width={self.width} doubled over {self.stages} stages is over "
+                             f"{MAX_WIDTH} channels")
         if self.stages < 1 or self.image_size % 2**self.stages:
             raise ValueError(f"JudgeConfig: image_size={self.image_size} must be a multiple of "
                              f"2**stages = {2**self.stages}")

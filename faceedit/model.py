@@ -25,6 +25,17 @@ Norm = Literal["group", "batch", "none"]
 Likelihood = Literal["sigma", "fixed"]
 
 
+MAX_SIDE = 1024  # image_size limit: far above the 64 and 128 px the project trains
+MAX_STAGES, MAX_WIDTH = 8, 4096
+MAX_PARAMETERS = 500_000_000  # 2 GB of float32 weights
+
+
+def _check_int(name: str, value: object, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (high is not None and value > high):
+        limit = f" up to {high}" if high is not None else ""
+        raise ValueError(f"{name}={value!r}: expected a whole number{limit}")
+
+
 @dataclass(frozen=True)
 class VAEConfig:
     image_size: int = field(default=64, metadata={"help": "side S of the square RGB images; a "
@@ -46,6 +57,18 @@ class VAEConfig:
                                  "decoder (keeps the loss finite on a perfect fit)"})
 
     def __post_init__(self) -> None:
+        # Types and bounds first: a config.json edited by hand must fail here, not while the
+        # model tries to allocate it.
+        for name in ("image_size", "latent_dim", "blocks", "groups"):
+            _check_int(f"VAEConfig.{name}", getattr(self, name), MAX_SIDE if name == "image_size" else None)
+        if not isinstance(self.channels, tuple) or not 1 <= len(self.channels) <= MAX_STAGES:
+            raise ValueError(f"VAEConfig.channels={self.channels!r}: expected 1 to {MAX_STAGES} widths")
+        for c in self.channels:
+            _check_int("VAEConfig.channels", c, MAX_WIDTH)
+        for name in ("beta", "min_log_sigma"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"VAEConfig.{name}={value!r}: expected a finite number")
         stages = len(self.channels)
         if stages < 1 or any(c < 1 for c in self.channels):
             raise ValueError(f"VAEConfig.channels={self.channels!r}: expected one or more positive widths")
@@ -62,6 +85,18 @@ class VAEConfig:
             raise ValueError(f"VAEConfig.decoder={self.decoder!r}: expected sigma or fixed")
         if self.beta < 0 or self.blocks < 0:
             raise ValueError(f"VAEConfig: beta={self.beta}, blocks={self.blocks}: expected >= 0")
+        if self.parameter_count() > MAX_PARAMETERS:
+            raise ValueError(f"VAEConfig: image_size={self.image_size}, latent_dim={self.latent_dim}, "
+                             f"channels={self.channels}, blocks={self.blocks} make "
+                             f"{self.parameter_count():.3g} parameters: over the {MAX_PARAMETERS:.0e} this "
+                             "build allows (shrink them)")
+
+    def parameter_count(self) -> int:
+        """Weights and buffers the VAE of this config holds (counted before building it)."""
+        widths, D, flat = (3, *self.channels), self.latent_dim, self.channels[-1] * self.bottleneck**2
+        convs = sum(cin * cout * (9 + 16) for cin, cout in zip(widths[:-1], widths[1:]))
+        blocks = 2 * self.blocks * sum(2 * 9 * c * c for c in self.channels)
+        return convs + blocks + flat * 2 * D + D * flat + 16 * self.channels[0] * 3 + D * D + D
 
     @property
     def bottleneck(self) -> int:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from faceedit.cache import Cache, to_float
+from faceedit.model import MAX_PARAMETERS, MAX_SIDE
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,12 @@ class PCAConfig:
     latent_dim: int = field(default=128, metadata={"help": "number of components D"})
 
     def __post_init__(self) -> None:
+        for name, value in (("image_size", self.image_size), ("latent_dim", self.latent_dim)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"PCAConfig.{name}={value!r}: expected a whole number")
+        if self.image_size > MAX_SIDE or self.latent_dim * 3 * self.image_size**2 > MAX_PARAMETERS:
+            raise ValueError(f"PCAConfig: image_size={self.image_size}, latent_dim={self.latent_dim}: "
+                             f"expected S <= {MAX_SIDE} and D*3*S*S <= {MAX_PARAMETERS:.0e} (the components' size)")
         if self.image_size < 1 or not 1 <= self.latent_dim <= 3 * self.image_size**2:
             raise ValueError(f"PCAConfig: image_size={self.image_size}, latent_dim={self.latent_dim}: "
                              f"expected S >= 1 and 1 <= D <= 3*S*S")
