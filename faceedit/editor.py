@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from faceedit.attributes import ATTRIBUTES, FEATURED, attribute_index
 from faceedit.bank import AttributeBank, check_built_from
@@ -29,7 +29,7 @@ from faceedit.cache import Cache, CacheError, to_float
 from faceedit.edit import edit as edit_latent
 from faceedit.edit import slerp
 from faceedit.files import atomic_write_bytes
-from faceedit.images import _to_rgb, crop_box, load_photo
+from faceedit.images import crop_box, face_array, open_photo
 
 EDIT_METHODS: tuple[str, ...] = ("balanced", "naive", "projection")  # what the page offers
 COMPARE_METHODS: tuple[str, ...] = ("naive", "balanced")  # White 2016 Figure 7, side by side
@@ -79,14 +79,11 @@ def save_downloads(image: np.ndarray, out_dir: str | Path, stem: str = "faceedit
     return small, big
 
 
-def crop_preview(data: bytes, side: int = PREVIEW_SIDE) -> np.ndarray:
-    """The whole photo, shrunk to at most `side`, with the CelebA crop box drawn. -> uint8 (h, w, 3).
-
-    Call it only on bytes `load_photo` has accepted (it does not repeat the safety checks).
-    """
-    img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
-    width, height = img.size
-    img = _to_rgb(img, "photo")  # same colour handling as the model's input (alpha on white, 16-bit)
+def crop_preview(photo: Image.Image, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """The whole photo (RGB, upright: `open_photo`'s), shrunk to at most `side`, with the CelebA
+    crop box drawn. -> uint8 (h, w, 3)."""
+    width, height = photo.size
+    img = photo.copy()
     img.thumbnail((side, side), Image.Resampling.BILINEAR)
     scale = img.size[0] / width
     left, top, right, bottom = (v * scale for v in crop_box(width, height))
@@ -143,10 +140,11 @@ class Editor:
 
     def encode(self, photo: str | Path | bytes) -> Encoded:
         """Any photo file or its bytes -> Encoded. ImageError (a ValueError) for a bad file."""
-        face = load_photo(photo, self.size)  # (3, S, S) uint8; raises ImageError naming the reason
-        data = bytes(photo) if isinstance(photo, (bytes, bytearray)) else Path(photo).read_bytes()
+        # One decode serves the face and the preview; ImageError names what is wrong with the file.
+        image = open_photo(photo, self.size, keep_side=PREVIEW_SIDE)
+        face = face_array(image, self.size)  # (3, S, S) uint8
         z = self.encode_array(face)
-        return Encoded(crop_preview(data), face.transpose(1, 2, 0).copy(), z, self.decode(z))
+        return Encoded(crop_preview(image), face.transpose(1, 2, 0).copy(), z, self.decode(z))
 
     def encode_example(self, index: int) -> Encoded:
         """The index-th example face (a val row of the training cache), encoded."""

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from PIL import (  # noqa: F401  registers the formats FORMATS names
     BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin,
 )
@@ -26,6 +26,16 @@ from PIL import (  # noqa: F401  registers the formats FORMATS names
 CELEBA_SIZE = (178, 218)
 CELEBA_CROP = 148
 MAX_PIXELS = 50_000_000  # larger images are refused before decoding (a 50 MP photo is already huge)
+MAX_DECODE_BYTES = 256 * 2**20  # memory one photo may take to decode and convert, checked before decoding
+# Bytes per pixel of the full-size image while it is decoded and converted (pixels are shrunk to
+# what is needed before any further conversion; palette and 1-bit images are converted whole first).
+PEAK_BYTES = {"1": 2, "L": 1, "P": 5, "LA": 2, "La": 2, "PA": 5, "I;16": 2, "I;16B": 2, "I;16L": 2,
+              "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4,
+              "CMYK": 4, "I": 4, "F": 4}
+# EXIF orientation -> the transposition that makes the image upright (EXIF 2.3, tag 0x0112).
+UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
 FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # JPEG includes MPO (camera JPEGs with a preview)
 WHITE = (255, 255, 255)
 
@@ -65,26 +75,28 @@ def load_photo(src: str | Path | bytes | Image.Image, size: int, max_pixels: int
 
     Accepts JPEG, PNG, WebP, BMP and still GIF; RGB, RGBA (composited on white), greyscale, palette,
     CMYK and 16-bit images; EXIF rotation is applied. Raises ImageError for an empty file, a
-    non-image, a truncated file, an image over `max_pixels` (checked before decoding) or an
-    animated / multi-frame image.
+    non-image, a truncated file, an image over `max_pixels` or MAX_DECODE_BYTES (checked before
+    decoding) or an animated / multi-frame image.
     """
+    return face_array(open_photo(src, size, max_pixels=max_pixels), size)
+
+
+def open_photo(src: str | Path | bytes | Image.Image, size: int, keep_side: int = 0,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A user photo decoded once, checked, upright and in RGB, no larger than its uses need: its
+    CelebA crop at least 2*size pixels wide and its longest side at least `keep_side` (a preview),
+    where the photo is that large. Large images are shrunk (an exact area average) before any
+    colour conversion, so a 16-bit or palette photo costs about its decoded size in memory.
+    ImageError as load_photo."""
     if isinstance(src, Image.Image):
-        return face_array(to_rgb(src, "image"), size)
-    return face_array(load_image(src, max_pixels, draft_size=size), size)
-
-
-def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS, draft_size: int = 0) -> Image.Image:
-    """Any user photo (path or bytes) -> the whole RGB image, upright (EXIF rotation applied), with
-    the checks and colour handling of `load_photo`. draft_size > 0: a large JPEG may be decoded at
-    reduced scale, keeping its centre crop at least 2x draft_size (only for the centre crop)."""
+        return to_rgb(src, "image")
     what, data = _read_source(src)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=FORMATS)
             _check_header(img, what, max_pixels)
-            if draft_size:
-                _draft(img, draft_size)
+            _draft(img, size, keep_side)
             img.load()
     except ImageError:
         raise
@@ -93,7 +105,31 @@ def load_image(src: str | Path | bytes, max_pixels: int = MAX_PIXELS, draft_size
     except (OSError, SyntaxError, ValueError) as e:
         # PIL says "image file is truncated", "broken data stream" etc.: the file is damaged.
         raise ImageError(f"{what}: damaged or truncated image ({e})") from None
-    return to_rgb(ImageOps.exif_transpose(img), what)
+    turn = UPRIGHT.get(img.getexif().get(0x0112, 1))
+    img = _shrink(img, size, keep_side, turned=turn in (Image.Transpose.TRANSPOSE, Image.Transpose.TRANSVERSE,
+                                                         Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_270))
+    if turn is not None:
+        img = img.transpose(turn)
+    return to_rgb(img, what)
+
+
+def _shrink(img: Image.Image, size: int, keep_side: int, turned: bool) -> Image.Image:
+    """Reduce a large image by an integer factor k (BOX: the mean of k x k pixels) while its crop
+    stays >= 2*size and its longest side >= keep_side; palette and 1-bit images are converted
+    first (they cannot be averaged)."""
+    width, height = img.size[::-1] if turned else img.size
+    crop = crop_box(width, height)
+    k = (crop[2] - crop[0]) / (2 * size)
+    if keep_side:
+        k = min(k, max(width, height) / keep_side)
+    if int(k) < 2:
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    W, H = img.size
+    return img.resize((max(1, round(W / int(k))), max(1, round(H / int(k)))), Image.Resampling.BOX)
 
 
 def _read_source(src: str | Path | bytes) -> tuple[str, bytes]:
@@ -120,24 +156,30 @@ def _open_message(what: str, e: Exception) -> str:
 
 
 def _check_header(img: Image.Image, what: str, max_pixels: int) -> None:
-    """Refuse bombs and animations from the header alone, before any pixel is decoded."""
+    """Refuse bombs, memory hogs and animations from the header alone, before any pixel is decoded."""
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(
             f"{what}: {width}x{height} image ({width * height / 1e6:.0f} MP) is too large to decode"
             f" safely: over the {max_pixels / 1e6:.0f} MP limit (a decompression bomb, or shrink it first)"
         )
+    need = width * height * PEAK_BYTES.get(img.mode, 8)
+    if need > MAX_DECODE_BYTES:
+        raise ImageError(
+            f"{what}: {width}x{height} {img.mode} image needs about {need / 2**20:.0f} MB to decode, over "
+            f"the {MAX_DECODE_BYTES / 2**20:.0f} MB a photo may use: shrink it or save it as 8-bit RGB")
     frames = getattr(img, "n_frames", 1)
     if frames > 1 and img.format != "MPO":
         raise ImageError(f"{what}: animated or multi-frame {img.format} ({frames} frames), expected a still image")
 
 
-def _draft(img: Image.Image, size: int) -> None:
-    """Let libjpeg decode a large JPEG at 1/2..1/8 scale, keeping the crop at least 2x `size`."""
+def _draft(img: Image.Image, size: int, keep_side: int = 0) -> None:
+    """Let libjpeg decode a large JPEG at 1/2..1/8 scale, keeping the crop at least 2x `size` and
+    the longest side at least keep_side."""
     if img.format not in ("JPEG", "MPO"):
         return
     box = crop_box(*img.size)
-    scale = 2 * size / (box[2] - box[0])
+    scale = max(2 * size / (box[2] - box[0]), keep_side / max(img.size))
     if scale < 0.5:
         img.draft("RGB", (math.ceil(img.size[0] * scale), math.ceil(img.size[1] * scale)))
 
@@ -160,17 +202,18 @@ def to_rgb(img: Image.Image, what: str = "image") -> Image.Image:
         raise ImageError(f"{what}: unsupported colour mode {img.mode} ({e})") from None
 
 
-_to_rgb = to_rgb  # the name faceedit/editor.py imports
 
 
 def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
-    """16-bit / 32-bit integer or float greyscale -> uint8, keeping the full range."""
-    values = values.astype(np.float64)
+    """16-bit / 32-bit integer or float greyscale -> uint8, keeping the full range: round(v * 255 /
+    top) in integer arithmetic for integers (no float64 copy; 65535 -> 255, 257 -> 1)."""
     if mode == "F":
+        values = values.astype(np.float32, copy=False)
         top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
-    else:
-        top = 65535.0 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-    return np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.clip(np.rint(values * np.float32(255.0 / top)), 0, 255).astype(np.uint8)
+    top = 65535 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255
+    wide = np.clip(values, 0, top).astype(np.uint32)  # (H, W): 4 bytes a pixel of a shrunk image
+    return ((wide * 255 + top // 2) // top).astype(np.uint8)
 
 
 @dataclass(frozen=True)
