@@ -210,7 +210,17 @@ def _run_vectors(args: argparse.Namespace) -> int:
 
 def _add_edit(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", type=Path, nargs="?", default=None,
-                   help="any face photo (JPEG/PNG/WebP, any size; cropped like the cache)")
+                   help="any face photo (JPEG/PNG/WebP, any size): the face is found and aligned to "
+                   "CelebA's geometry, then cropped like the cache")
+    p.add_argument("--centre-crop", action="store_true", help="do not look for the face: crop the "
+                   "photo's centre as it is (only right for photos already aligned like CelebA's)")
+    p.add_argument("--face", type=int, default=None, help="which face when the photo has several: "
+                   "0 = the largest (default), 1 the next, ...")
+    p.add_argument("--pasted", type=Path, default=None, metavar="PNG", help="also write the photo "
+                   "with the edit pasted back at its own resolution (with --set)")
+    p.add_argument("--paste-mode", choices=("change", "face"), default="change", help="change: add "
+                   "the edit's change to the photo, keeping its detail; face: blend in the decoded face "
+                   "(default: change)")
     p.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
     p.add_argument("--bank", type=Path, required=True, help="attribute bank folder (faceedit vectors)")
     p.add_argument("--cache", type=Path, default=None, help="instead of a photo: faces of this cache's "
@@ -240,7 +250,7 @@ def _run_edit(args: argparse.Namespace) -> int:
 
     from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
-    from faceedit.edit import edit, image_grid, parse_strengths, png_bytes, strip
+    from faceedit.edit import edit, image_grid, parse_strengths, png_bytes, strip, to_pil
     from faceedit.files import atomic_write_bytes
 
     if (args.strip is None) == (not args.sets):
@@ -252,7 +262,9 @@ def _run_edit(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.bank}: vectors of dimension {bank.dim}, but the bundle's latent has "
                          f"{model.config.latent_dim}; build the bank from this bundle (faceedit vectors)")
     check_built_from(bank, model, bundle.path, allow=args.allow_bank_mismatch)
-    x = _edit_faces(args, model.config.image_size)  # (F, 3, S, S) float in [0, 1]
+    if args.pasted is not None and (args.image is None or args.centre_crop or args.strip is not None):
+        raise ValueError("--pasted needs a photo (IMAGE) aligned (no --centre-crop) and --set edits")
+    x, placement = _edit_faces(args, model.config.image_size)  # (F, 3, S, S) float in [0, 1]
     with torch.no_grad():
         z = model.encode(x)[0]  # (F, D)
         if args.strip is not None:
@@ -263,6 +275,14 @@ def _run_edit(args: argparse.Namespace) -> int:
                              col_labels=["original", "reconstruction", "edit"], scale=args.scale)
     atomic_write_bytes(args.out, png_bytes(img))
     print(f"wrote {args.out}")
+    if args.pasted is not None:
+        from faceedit.align import paste_back
+        from faceedit.editor import to_image
+
+        photo, alignment = placement
+        pasted = paste_back(photo, alignment.matrix, to_image(edited[0]), to_image(recon[0]), args.paste_mode)
+        atomic_write_bytes(args.pasted, png_bytes(to_pil(pasted.transpose(2, 0, 1))))
+        print(f"wrote {args.pasted} ({photo.shape[1]}x{photo.shape[0]}, the edit pasted back)")
     return 0
 
 
@@ -366,14 +386,29 @@ def _run_audit(args: argparse.Namespace) -> int:
 
 
 def _edit_faces(args: argparse.Namespace, size: int):
-    """The faces `faceedit edit` works on: the photo, or val faces of --cache. -> (F, 3, S, S) float."""
+    """The faces `faceedit edit` works on: the photo (aligned unless --centre-crop), or val faces of
+    --cache. -> ((F, 3, S, S) float, (photo, Alignment) for an aligned photo else None)."""
+    import numpy as np
+
     from faceedit.cache import Cache, to_float
-    from faceedit.images import load_photo
+    from faceedit.images import face_array, load_image, load_photo
 
     if (args.image is None) == (args.cache is None):
         raise ValueError("give either a photo (IMAGE) or --cache CACHE (with --val-faces)")
+    if args.image is not None and args.centre_crop:
+        return to_float(load_photo(args.image, size)[None]), None  # uint8 (3, S, S) -> (1, 3, S, S)
     if args.image is not None:
-        return to_float(load_photo(args.image, size)[None])  # uint8 (3, S, S) -> (1, 3, S, S)
+        from PIL import Image
+
+        from faceedit.align import AlignError, align_photo
+
+        photo = np.asarray(load_image(args.image))
+        try:
+            alignment = align_photo(photo, args.face)
+        except AlignError as e:
+            raise AlignError(f"{args.image}: {e} (--centre-crop edits the photo's centre as it is)") from None
+        face = face_array(Image.fromarray(alignment.image), size)
+        return to_float(face[None]), (photo, alignment)
     cache = Cache.open(args.cache)
     if cache.size != size:
         raise ValueError(f"{args.cache}: {cache.size} px faces, but the bundle takes {size} px")
@@ -381,7 +416,7 @@ def _edit_faces(args: argparse.Namespace, size: int):
     bad = [i for i in args.val_faces if not 0 <= i < len(val)]
     if bad:
         raise ValueError(f"--val-faces {bad}: the val split of {args.cache} has {len(val)} faces (0..{len(val) - 1})")
-    return to_float(cache.images[val[args.val_faces]])
+    return to_float(cache.images[val[args.val_faces]]), None
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:

@@ -7,6 +7,11 @@ test) keeps z; nothing here holds per-user state.
 
 Images handed out are uint8 (H, W, 3) arrays, the layout image widgets and PIL expect; the model's
 tensors stay float32 (B, 3, S, S) in [0, 1] inside.
+
+A photo is aligned to CelebA's geometry first (`faceedit.align`: the face detected, rotated and
+scaled so that eyes, nose and mouth sit where CelebA's do); the edit can then be put back into the
+photo at its own resolution (`Editor.paste`). The plain centre crop of earlier versions is used
+only when asked for (`align=False`).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from faceedit.cache import Cache, CacheError, to_float
 from faceedit.edit import edit as edit_latent
 from faceedit.edit import slerp
 from faceedit.files import atomic_write_bytes
-from faceedit.images import crop_box, face_array, open_photo
+from faceedit.align import Alignment, AlignError, align_photo, draw_detection, paste_back
+from faceedit.images import crop_box, face_array, load_image, open_photo
 
 EDIT_METHODS: tuple[str, ...] = ("balanced", "naive", "projection")  # what the page offers
 COMPARE_METHODS: tuple[str, ...] = ("naive", "balanced")  # White 2016 Figure 7, side by side
@@ -37,6 +43,16 @@ STRENGTH_LIMIT = 3.0  # |alpha| the sliders allow, in units of the vector's leng
 PREVIEW_SIDE = 256  # longest side of the crop preview
 UPSCALE = 4  # download factor: 64 -> 256
 MAX_STEPS = 16  # interpolation strip length limit
+PASTE_MODE = "change"  # paste back the edit's change, not the decoded 64 px face (README, "Real photos")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an aligned face came from, so that an edit can be put back into the photo."""
+
+    photo: np.ndarray  # (H, W, 3) uint8: the whole photo, upright, at its own resolution
+    alignment: Alignment  # the face's transform photo -> CelebA frame
+    reconstruction: np.ndarray  # (S, S, 3) uint8: decode(z) of the unedited face
 
 
 @dataclass(frozen=True)
@@ -47,6 +63,8 @@ class Encoded:
     face: np.ndarray  # (S, S, 3) uint8: the crop the model sees
     z: torch.Tensor  # (D,) float32: mu of q(z | x)
     reconstruction: np.ndarray  # (S, S, 3) uint8: decode(z)
+    placement: Placement | None = None  # set for an aligned photo: what `Editor.paste` needs
+    message: str = ""  # what was found (e.g. several faces), for the page
 
 
 def to_image(x: torch.Tensor) -> np.ndarray:
@@ -91,6 +109,18 @@ def crop_preview(photo: Image.Image, side: int = PREVIEW_SIDE) -> np.ndarray:
     line = max(2, round(img.size[0] / 100))
     draw.rectangle((left, top, right - 1, bottom - 1), outline=(255, 196, 0), width=line)
     return np.asarray(img)
+
+
+def alignment_preview(photo: np.ndarray, alignment: Alignment, side: int = PREVIEW_SIDE) -> np.ndarray:
+    """The photo with the faces found, the chosen face's landmarks and its crop outline, beside the
+    aligned CelebA frame with the model's crop drawn -> uint8 (h, w, 3)."""
+    left = draw_detection(photo, alignment, side=side)
+    h = left.shape[0]
+    frame = Image.fromarray(alignment.image)
+    ImageDraw.Draw(frame).rectangle(tuple(round(v) for v in crop_box(*frame.size)), outline=(0, 200, 255), width=2)
+    right = np.asarray(frame.resize((round(frame.width * h / frame.height), h), Image.Resampling.BILINEAR))
+    gap = np.full((h, 4, 3), 255, dtype=np.uint8)
+    return np.concatenate([left, gap, right], axis=1)
 
 
 class Editor:
@@ -138,13 +168,41 @@ class Editor:
         z = self.check_z(z)
         return to_image(self.model.decode(z[None])[0])  # (1, D) -> (1, 3, S, S)
 
-    def encode(self, photo: str | Path | bytes) -> Encoded:
-        """Any photo file or its bytes -> Encoded. ImageError (a ValueError) for a bad file."""
-        # One decode serves the face and the preview; ImageError names what is wrong with the file.
-        image = open_photo(photo, self.size, keep_side=PREVIEW_SIDE)
-        face = face_array(image, self.size)  # (3, S, S) uint8
-        z = self.encode_array(face)
-        return Encoded(crop_preview(image), face.transpose(1, 2, 0).copy(), z, self.decode(z))
+    def encode(self, photo: str | Path | bytes, align: bool = True, face: int | None = None) -> Encoded:
+        """Any photo file or its bytes -> Encoded.
+
+        align (the default): the face is detected and aligned to CelebA's geometry; `face` picks one
+        of several (0 = the largest). align=False: the photo's centre crop, as it is. ImageError for
+        a bad file and AlignError for no usable face (both ValueErrors naming the file).
+        """
+        if not align:
+            # One decode serves the face and the preview; ImageError names what is wrong with the file.
+            image = open_photo(photo, self.size, keep_side=PREVIEW_SIDE)
+            crop = face_array(image, self.size)  # (3, S, S) uint8
+            z = self.encode_array(crop)
+            return Encoded(crop_preview(image), crop.transpose(1, 2, 0).copy(), z, self.decode(z),
+                           message="centre crop of the photo, not aligned")
+        picture = np.asarray(load_image(photo))  # (H, W, 3) uint8, upright
+        try:
+            alignment = align_photo(picture, face)
+        except AlignError as e:
+            what = "uploaded image" if isinstance(photo, (bytes, bytearray)) else str(photo)
+            raise AlignError(f"{what}: {e}") from None
+        crop = face_array(Image.fromarray(alignment.image), self.size)  # CelebA's crop of the aligned face
+        z = self.encode_array(crop)
+        recon = self.decode(z)
+        n = len(alignment.faces)
+        message = (f"{n} faces found (0 = the largest); editing face {alignment.index}" if n > 1
+                   else "1 face found") + f", {alignment.face.size:.0f} px across, aligned to CelebA's frame"
+        return Encoded(alignment_preview(picture, alignment), crop.transpose(1, 2, 0).copy(), z, recon,
+                       Placement(picture, alignment, recon), message)
+
+    def paste(self, placement: Placement, edited: np.ndarray, mode: str = PASTE_MODE) -> np.ndarray:
+        """An edited face (S, S, 3) uint8 put back into the photo it came from -> (H, W, 3) uint8,
+        the photo's own size (`faceedit.align.paste_back`)."""
+        if placement is None:
+            raise ValueError("no photo to paste into: the face was not aligned from a photo")
+        return paste_back(placement.photo, placement.alignment.matrix, edited, placement.reconstruction, mode)
 
     def encode_example(self, index: int) -> Encoded:
         """The index-th example face (a val row of the training cache), encoded."""

@@ -113,6 +113,12 @@ def open_photo(src: str | Path | bytes | Image.Image, size: int, keep_side: int 
     return to_rgb(img, what)
 
 
+def load_image(src: str | Path | bytes | Image.Image, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A user photo decoded whole, at its own resolution (checked, upright, RGB, as `open_photo`):
+    what face alignment and pasting an edit back into the photo need."""
+    return open_photo(src, 1, keep_side=1 << 62, max_pixels=max_pixels)  # nothing shrinks
+
+
 def _shrink(img: Image.Image, size: int, keep_side: int, turned: bool) -> Image.Image:
     """Reduce a large image by an integer factor k (BOX: the mean of k x k pixels) while its crop
     stays >= 2*size and its longest side >= keep_side; palette and 1-bit images are converted

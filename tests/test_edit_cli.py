@@ -44,7 +44,7 @@ def test_vectors_command_writes_a_bank(made):
 
 def test_edit_command_writes_three_faces(made, capsys):
     out = made / "edit.png"
-    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"),
+    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"), "--centre-crop",
                "--set", "Smiling=+1.5", "--set", "Eyeglasses=-1", "--method", "projection", "--scale", "1",
                "--out", str(out)])
     assert rc == 0 and f"wrote {out}" in capsys.readouterr().out
@@ -54,11 +54,11 @@ def test_edit_command_writes_three_faces(made, capsys):
 
 def test_edit_command_strip(made):
     out = made / "strip.png"
-    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"),
+    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"), "--centre-crop",
                "--strip", "Smiling", "--strengths", "-2", "0", "2", "--out", str(out)])
     assert rc == 0
     small = Image.open(out)
-    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"),
+    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"), "--centre-crop",
                "--strip", "Smiling", "--strip-methods", "naive", "balanced", "projection", "boundary",
                "--out", str(out)])
     assert rc == 0 and Image.open(out).height > small.height and Image.open(out).width > small.width
@@ -74,7 +74,7 @@ def test_edit_command_strip(made):
     (["--set", "Smiling=1", "--strip", "Smiling"], "give either --set"),
 ])
 def test_edit_command_errors(made, capsys, args, message):
-    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"),
+    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"), "--centre-crop",
                "--out", str(made / "bad.png"), *args])
     assert rc == 2
     assert message in capsys.readouterr().err
@@ -96,6 +96,23 @@ def test_edit_command_on_real_photos(made, real_faces, tmp_path):
         assert Image.open(out).width > 3 * 16
 
 
+def test_edit_command_aligns_and_pastes_back(made, real_faces, tmp_path, capsys):
+    photo = real_faces[0]
+    out, pasted = tmp_path / "grid.png", tmp_path / "pasted.png"
+    assert main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(photo),
+                 "--set", "Smiling=2", "--out", str(out), "--pasted", str(pasted)]) == 0
+    original, result = np.asarray(Image.open(photo).convert("RGB")), np.asarray(Image.open(pasted))
+    assert result.shape == original.shape  # the user's photo, its own size
+    changed = np.abs(result.astype(int) - original.astype(int)).max(axis=2) > 0
+    assert changed.any() and not changed[0].any() and not changed[-1].any()  # the face, not the edges
+    # a photo without a face: a clear error that says what to do, and nothing written
+    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(made / "photo.png"),
+               "--set", "Smiling=1", "--out", str(tmp_path / "none.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "photo.png: no face found in the 40x50 photo" in err and "--centre-crop" in err
+    assert not (tmp_path / "none.png").exists()
+
+
 def test_parse_strengths():
     assert parse_strengths(["Smiling=+1.5", "Eyeglasses=-1", " Male = 0"]) == \
         {"Smiling": 1.5, "Eyeglasses": -1.0, "Male": 0.0}
@@ -115,5 +132,5 @@ def test_edit_command_on_cache_faces(made, capsys):
     assert two.height > Image.open(out).height  # one row per face and method
     assert main([*base, "--cache", str(made / "cache"), "--val-faces", "99", "--set", "Male=1"]) == 2
     assert "the val split of" in capsys.readouterr().err
-    assert main([*base, str(made / "photo.png"), "--cache", str(made / "cache"), "--set", "Male=1"]) == 2
+    assert main([*base, str(made / "photo.png"), "--centre-crop", "--cache", str(made / "cache"), "--set", "Male=1"]) == 2
     assert "either a photo" in capsys.readouterr().err

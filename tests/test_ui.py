@@ -151,10 +151,11 @@ def test_encode_real_photos(editor, real_faces):
         assert enc.face.shape == enc.reconstruction.shape == (SIZE, SIZE, 3)
         assert enc.face.dtype == enc.reconstruction.dtype == np.uint8
         assert enc.z.shape == (DIM,) and torch.isfinite(enc.z).all()
-        h, w, _ = enc.preview.shape
-        assert max(h, w) <= 256 and enc.preview.dtype == np.uint8
-        # the crop box is drawn in the preview's highlight colour
-        assert ((enc.preview == (255, 196, 0)).all(axis=2)).sum() > 4 * min(h, w)
+        h, w, _ = enc.preview.shape  # the photo (at most 256 px) beside the aligned frame
+        assert h <= 256 and w <= 256 + 4 + round(178 * h / 218) + 1 and enc.preview.dtype == np.uint8
+        # the detected face's box is drawn in the preview's highlight colour
+        assert ((enc.preview == (255, 196, 0)).all(axis=2)).sum() > min(h, w)
+        assert enc.placement is not None and enc.placement.photo.shape[:2] == Image.open(photo).size[::-1]
     # the same bytes give the same code (encoding is deterministic: z = mu)
     assert torch.equal(editor.encode(real_faces[0].read_bytes()).z, editor.encode(real_faces[0]).z)
 
@@ -280,12 +281,16 @@ def test_page_handlers_directly(editor, real_faces, bad_files, tmp_path):
     from ui.app import Handlers
 
     h = Handlers(editor, tmp_path)
-    z, crop, face, recon, edited = h.encode(str(real_faces[0]))
+    z, crop, face, recon, edited, placement, pasted, found = h.encode(str(real_faces[0]))
     assert z.shape == (DIM,) and recon == edited  # same pixels, same file
-    same, _, _ = h.edit(z, {"Smiling": 0.0}, "balanced", False)
+    assert "1 face found" in found
+    same, _, _, same_pasted = h.edit(z, {"Smiling": 0.0}, "balanced", False, placement)
     assert same == recon  # all-zero strengths: exactly the reconstruction
-    moved, naive, balanced = h.edit(z, {"Smiling": 2.0}, "balanced", True)
-    assert moved != recon and moved == balanced and naive != balanced
+    assert same_pasted == pasted  # and the photo exactly as uploaded
+    moved, naive, balanced, moved_pasted = h.edit(z, {"Smiling": 2.0}, "balanced", True, placement)
+    assert moved != recon and moved == balanced and naive != balanced and moved_pasted != pasted
+    files = h.download(z, {"Smiling": 2.0}, "balanced", placement)
+    assert len(files) == 3 and Image.open(files[2]).size == Image.open(real_faces[0]).size
     for name, (path, phrase) in bad_files.items():
         hidden = tmp_path / "upload-3f2a" / name  # how Gradio stores an upload: a temporary folder
         hidden.parent.mkdir(exist_ok=True)
@@ -353,25 +358,29 @@ def test_api_encode_edit(server, real_faces, editor):
     client = Client(server, verbose=False)
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/encode", "/edit", "/sample", "/interpolate", "/example", "/download"} <= names
-    crop, original, recon, edited = client.predict(handle_file(str(real_faces[0])), api_name="/encode")
+    crop, original, recon, edited, pasted, found = client.predict(handle_file(str(real_faces[0])),
+                                                                   api_name="/encode")
+    assert Image.open(pasted).size == Image.open(real_faces[0]).size and "1 face found" in found
     recon_px = np.asarray(Image.open(recon))
     assert recon_px.shape == (SIZE, SIZE, 3)
     assert np.array_equal(recon_px, editor.encode(real_faces[0]).reconstruction)
-    same, _, _ = client.predict({a: 0.0 for a in FEATURED}, "balanced", False, api_name="/edit")
+    same, _, _, _ = client.predict({a: 0.0 for a in FEATURED}, "balanced", False, api_name="/edit")
     assert np.array_equal(np.asarray(Image.open(same)), recon_px)
-    moved, naive, balanced = client.predict({"Smiling": 2.0}, "balanced", True, api_name="/edit")
+    moved, naive, balanced, _ = client.predict({"Smiling": 2.0}, "balanced", True, api_name="/edit")
     moved_px = np.asarray(Image.open(moved))
     assert not np.array_equal(moved_px, recon_px)
     assert np.array_equal(moved_px, np.asarray(Image.open(balanced)))
     assert not np.array_equal(np.asarray(Image.open(naive)), moved_px)
-    small, big = client.predict({"Smiling": 2.0}, "balanced", api_name="/download")
+    small, big, photo = client.predict({"Smiling": 2.0}, "balanced", api_name="/download")
+    assert Image.open(photo).size == Image.open(real_faces[0]).size
     assert np.array_equal(np.asarray(Image.open(small)), moved_px)
     assert Image.open(big).size == (4 * SIZE, 4 * SIZE)
     strip = client.predict(None, 5, 4, api_name="/interpolate")
     assert Image.open(strip).size == (4 * SIZE * STRIP_ZOOM, SIZE * STRIP_ZOOM)
-    _, _, sample, _ = client.predict(7, api_name="/sample")
+    _, _, sample, _, no_photo, _ = client.predict(7, api_name="/sample")
+    assert no_photo is None  # a prior sample has no photo to paste into
     assert np.array_equal(np.asarray(Image.open(sample)), editor.sample(7)[1])
-    _, face, recon_ex, _ = client.predict(0, api_name="/example")
+    _, face, recon_ex, _, _, _ = client.predict(0, api_name="/example")
     assert np.array_equal(np.asarray(Image.open(face)), editor.examples()[0][0])
     assert np.array_equal(np.asarray(Image.open(recon_ex)), editor.encode_example(0).reconstruction)
 
@@ -429,7 +438,7 @@ def test_load_20_clients_200_edits(server, real_faces):
 
 # ---------------------------------------------------------------------------- a real browser
 
-def test_browser_upload_slide_edit(server, real_faces, tmp_path):
+def test_browser_upload_slide_edit(server, real_faces, tilted_photo, tmp_path):
     pytest.importorskip("playwright.sync_api")
     if not CHROMIUM.exists():
         pytest.skip(f"{CHROMIUM} not installed (Debian package chromium; ./test.sh installs it)")
@@ -465,5 +474,98 @@ def test_browser_upload_slide_edit(server, real_faces, tmp_path):
             page.locator("#photo input[type=file]").set_input_files(str(bad))
             page.wait_for_selector("text=not an image", timeout=30_000)
             upload(page, real_faces[1])
+            # a tilted, off-centre photo: aligned, edited, and the edit pasted back into it
+            before = page.locator("#pasted img").get_attribute("src")
+            upload(page, tilted_photo)
+            pasted = wait_for_new_src(page, "#pasted img", before)
+            assert page.locator("#crop img").count() == 1  # detection, landmarks and the aligned face
+            assert page.locator("#found").inner_text().startswith("1 face found")
+            shown = page.locator("#pasted img").evaluate("i => [i.naturalWidth, i.naturalHeight]")
+            assert shown == [420, 460]  # the user's own photo, at its own size
+            drag(page, "#s-Smiling input[type=range]", 0.1)
+            assert wait_for_new_src(page, "#pasted img", pasted) != pasted  # the edit, pasted back
         finally:
             browser.close()
+
+
+# ---------------------------------------------------------------------------- photos aligned and pasted back
+
+def misaligned(photo: Path, angle: float = 15.0, scale: float = 1.6, size=(420, 460)) -> np.ndarray:
+    """A CelebA-style photo turned by `angle` degrees, enlarged and shifted inside a larger canvas
+    with a mirrored border: a face nothing like CelebA's framing. -> uint8 (H, W, 3)."""
+    import math
+
+    from faceedit.align import warp
+
+    a = math.radians(angle)
+    m = np.array([[scale * math.cos(a), -scale * math.sin(a), 0.0],
+                  [scale * math.sin(a), scale * math.cos(a), 0.0]])
+    m[:, 2] = np.array(size) / 2 - m[:, :2] @ np.array([89.0, 130.0]) + [25, -10]  # face off-centre
+    return warp(np.asarray(Image.open(photo).convert("RGB")), m, size)
+
+
+@pytest.fixture(scope="session")
+def tilted_photo(real_faces, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tilted") / "tilted.jpg"
+    Image.fromarray(misaligned(real_faces[1])).save(path, quality=95)
+    return path
+
+
+def test_aligned_photo_is_edited_and_pasted_back(editor, real_faces, tilted_photo):
+    enc = editor.encode(tilted_photo)
+    photo = np.asarray(Image.open(tilted_photo))
+    assert enc.placement is not None and enc.placement.photo.shape == photo.shape
+    # the tilted photo's aligned crop is the upright original's aligned crop, near enough
+    upright = editor.encode(real_faces[1]).face.astype(float)
+    mse = ((enc.face.astype(float) - upright) ** 2).mean()
+    assert 10 * np.log10(255 ** 2 / mse) > 20
+    # the centre crop of the tilted photo (the old behaviour) is far from it
+    centre = editor.encode(tilted_photo, align=False)
+    assert centre.placement is None and ((centre.face.astype(float) - upright) ** 2).mean() > 4 * mse
+    # an unedited face pastes back to the photo exactly; an edit changes only the face's region
+    assert np.array_equal(editor.paste(enc.placement, enc.reconstruction), photo)
+    edited = editor.edit(enc.z, {"Smiling": 2.5})
+    pasted = editor.paste(enc.placement, edited)
+    changed = np.abs(pasted.astype(int) - photo.astype(int)).max(axis=2) > 0
+    assert pasted.shape == photo.shape and changed.any()
+    ys, xs = np.nonzero(changed)
+    box = enc.placement.alignment.face.box  # the detected face
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    assert abs(np.median(xs) - cx) < box[2] / 2 and abs(np.median(ys) - cy) < box[3] / 2
+    assert not changed[:10].any() and not changed[:, :10].any()  # the photo's edges untouched
+    face_mode = editor.paste(enc.placement, edited, mode="face")
+    assert not np.array_equal(face_mode, pasted)
+
+
+def test_no_face_several_faces_and_small_faces(editor, real_faces, tmp_path):
+    import gradio as gr
+
+    from faceedit.align import AlignError
+    from ui.app import ALIGN_CHOICES, Handlers
+
+    noise = tmp_path / "wall.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 300, 3), dtype=np.uint8)).save(noise)
+    with pytest.raises(AlignError, match=r"wall.png: no face found in the 300x240 photo"):
+        editor.encode(noise)
+    assert editor.encode(noise, align=False).face.shape == (SIZE, SIZE, 3)  # only when asked for
+    h = Handlers(editor, tmp_path / "ui")
+    with pytest.raises(gr.Error, match="centre crop"):
+        h.encode(str(noise))
+    assert h.encode(str(noise), ALIGN_CHOICES[1])[7] == "centre crop of the photo, not aligned"
+    # two faces: the larger by default, the other by number
+    face = Image.open(real_faces[1]).convert("RGB")
+    group = Image.new("RGB", (520, 300), (120, 140, 160))
+    group.paste(face.resize((160, 196)), (10, 50))
+    group.paste(face.transpose(Image.Transpose.FLIP_LEFT_RIGHT).resize((220, 270)), (280, 15))
+    group.save(tmp_path / "two.jpg", quality=95)
+    big, small = editor.encode(tmp_path / "two.jpg"), editor.encode(tmp_path / "two.jpg", face=1)
+    assert big.message.startswith("2 faces found") and "editing face 0" in big.message
+    assert big.placement.alignment.face.box[0] > 250 and small.placement.alignment.face.box[0] < 200
+    with pytest.raises(AlignError, match=r"face 2: the photo has 2 face\(s\)"):
+        editor.encode(tmp_path / "two.jpg", face=2)
+    # a face too small to use
+    tiny = Image.new("RGB", (500, 400), (200, 200, 200))
+    tiny.paste(face.resize((48, 59)), (200, 150))  # its box: about 32 px tall
+    tiny.save(tmp_path / "tiny.jpg", quality=95)
+    with pytest.raises(gr.Error, match=r"tiny.jpg: the face is too small to use: \d+ px across"):
+        h.encode(str(tmp_path / "tiny.jpg"))

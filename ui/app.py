@@ -1,10 +1,12 @@
 """The Gradio page of the face editor: a thin shell over `faceedit.editor.Editor`.
 
 Each handler turns page values into library calls and library errors into `gr.Error`, and is also a
-named API endpoint for `gradio_client`: /encode (a photo file), /example (an example's index),
-/sample (a seed), /edit (strengths as {attribute: alpha}, a method, compare on/off),
+named API endpoint for `gradio_client`: /encode (a photo file, align on/off, which face), /example (an example's index),
+/sample (a seed), /edit (strengths as {attribute: alpha}, a method, compare on/off; it also
+returns the edit pasted back into the uploaded photo),
 /interpolate (face B's file or seed, steps) and /download. The encoded z is kept per session in a
-`gr.State`, so an edit only decodes.
+`gr.State`, so an edit only decodes; so is the uploaded photo with its alignment (in memory only:
+nothing from an upload is written to disk except the images shown and downloaded).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ MORE = tuple(a for a in ATTRIBUTES if a not in FEATURED)
 SLIDER_ORDER = (*FEATURED, *MORE)  # the order of the slider components, and of the packing below
 PER_ROW = 4
 STRIP_ZOOM = 2  # /interpolate returns the strip enlarged this many times
+PASTED_SIDE = 1024  # the pasted-back photo is shown at most this large (downloaded at full size)
+ALIGN_CHOICES = ("align the face (detect it)", "centre crop (no detection)")
 
 CSS = """
 .face img { image-rendering: auto; object-fit: contain; }
@@ -144,20 +148,46 @@ class Handlers:
             for sub in (self.download_dir, self.png.folder):
                 shutil.rmtree(sub, ignore_errors=True)
 
-    def encode(self, photo: str | None):
-        """Photo file -> (z, crop preview, original, reconstruction, edited = reconstruction)."""
+    def encode(self, photo: str | None, align: str = ALIGN_CHOICES[0], face: float | None = 0):
+        """Photo file, alignment choice, face number -> (z, crop preview, original, reconstruction,
+        edited = reconstruction, placement, pasted = the photo, message)."""
         if not photo:
             raise gr.Error("No photo: upload a JPEG, PNG or WebP face photo.", title="Cannot do that")
         try:
-            enc = self.editor.encode(photo)
+            enc = self.editor.encode(photo, align=align != ALIGN_CHOICES[1], face=int(face or 0))
         except ValueError as e:
             # Messages name the server's temporary copy; show the name the user uploaded instead.
-            raise _fail(ValueError(str(e).replace(str(photo), Path(photo).name))) from None
-        return self._faces(enc.z, enc.preview, enc.face, enc.reconstruction)
+            msg = str(e).replace(str(photo), Path(photo).name)
+            if "no face found" in msg:
+                msg += f" (choose \"{ALIGN_CHOICES[1]}\" to edit the photo's centre as it is)"
+            raise _fail(ValueError(msg)) from None
+        pasted = self._shown(enc.placement.photo) if enc.placement is not None else None
+        return (*self._faces(enc.z, enc.preview, enc.face, enc.reconstruction), enc.placement, pasted,
+                enc.message)
+
+    def reencode(self, photo: str | None, align: str, face: float | None):
+        """The framing or the face number changed: encode the photo again (nothing without one)."""
+        if not photo:
+            return tuple(gr.skip() for _ in range(8))
+        return self.encode(photo, align, face)
 
     def _faces(self, z, preview, face, reconstruction):
         png = self.png
         return z.numpy(), png(preview), png(face), png(reconstruction), png(reconstruction)
+
+    def _shown(self, photo: np.ndarray) -> str:
+        """A (possibly large) photo as shown on the page: at most PASTED_SIDE px."""
+        h, w = photo.shape[:2]
+        k = PASTED_SIDE / max(h, w)
+        if k < 1:
+            from PIL import Image
+
+            photo = np.asarray(Image.fromarray(photo).resize((round(w * k), round(h * k)), Image.Resampling.BOX))
+        return self.png(photo)
+
+    def _no_photo(self, *outputs):
+        """After an example or a prior sample: no photo to paste into."""
+        return (*outputs, None, None, "")
 
     def example(self, index: float | None):
         """Index of an example face -> same outputs as encode."""
@@ -165,23 +195,25 @@ class Handlers:
             enc = self.editor.encode_example(int(index if index is not None else -1))
         except ValueError as e:
             raise _fail(e) from None
-        return self._faces(enc.z, enc.preview, enc.face, enc.reconstruction)
+        return self._no_photo(*self._faces(enc.z, enc.preview, enc.face, enc.reconstruction))
 
     def sample(self, seed: float | None):
         """Seed -> a face from the prior (no photo: no crop preview; original = the sample)."""
         z, image = self.editor.sample(int(seed or 0))
-        return self._faces(z, None, image, image)
+        return self._no_photo(*self._faces(z, None, image, image))
 
-    def edit(self, z: Any, strengths: dict | None, method: str, compare: bool):
-        """-> (edited, naive, balanced); the last two only when compare is on (else left as they are)."""
+    def edit(self, z: Any, strengths: dict | None, method: str, compare: bool, placement: Any = None):
+        """-> (edited, naive, balanced, pasted): naive and balanced only when compare is on (else left
+        as they are); pasted: the edit put back into the uploaded photo (none for other faces)."""
         try:
             edited = self.editor.edit(z, strengths or {}, method)
+            pasted = self._shown(self.editor.paste(placement, edited)) if placement is not None else None
             if not compare:
-                return self.png(edited), gr.skip(), gr.skip()
+                return self.png(edited), gr.skip(), gr.skip(), pasted
             both = self.editor.compare(z, strengths or {}, COMPARE_METHODS)
         except ValueError as e:
             raise _fail(e) from None
-        return self.png(edited), self.png(both["naive"]), self.png(both["balanced"])
+        return self.png(edited), self.png(both["naive"]), self.png(both["balanced"]), pasted
 
     def interpolate(self, z: Any, photo_b: str | None, seed_b: float | None, steps: float):
         """Strip from the current face to face B (a photo, or a prior sample with seed_b), enlarged
@@ -197,17 +229,24 @@ class Handlers:
             msg = str(e).replace(str(photo_b), Path(photo_b).name) if photo_b else str(e)
             raise _fail(ValueError(msg)) from None
 
-    def download(self, z: Any, strengths: dict | None, method: str):
-        """The edited face as PNG files: model resolution and upscaled."""
+    def download(self, z: Any, strengths: dict | None, method: str, placement: Any = None):
+        """The edited face as PNG files: model resolution and upscaled; and, for an uploaded photo,
+        the photo with the edit pasted back at its own resolution."""
         try:
             image = self.editor.edit(z, strengths or {}, method)
+            pasted = self.editor.paste(placement, image) if placement is not None else None
         except ValueError as e:
             raise _fail(e) from None
         # A folder named here, never from the request (a client chooses its session hash).
         self.download_dir.mkdir(parents=True, exist_ok=True)
         prune_older(self.download_dir, self.keep_s)
         folder = inside(self.download_dir, uuid.uuid4().hex)
-        return [str(p) for p in save_downloads(image, folder, stem=f"faceedit-{method}")]
+        paths = [str(p) for p in save_downloads(image, folder, stem=f"faceedit-{method}")]
+        if pasted is not None:
+            path = folder / f"faceedit-{method}-photo.png"
+            atomic_write_bytes(path, png_bytes(pasted))
+            paths.append(str(path))
+        return paths
 
 
 def _selected(event: gr.SelectData) -> tuple[int, None]:
@@ -254,18 +293,26 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
     # a minute), so nothing stays much longer than keep_s.
     with gr.Blocks(title="faceedit", delete_cache=(max(60, int(keep_s // 6)), int(keep_s))) as demo:
         z = gr.State(None, time_to_live=keep_s)
+        placement = gr.State(None, time_to_live=keep_s)  # the uploaded photo and its alignment (memory only)
         strengths = gr.JSON(value={}, visible=False)
         gr.Markdown("## faceedit: edit a face along attribute vectors\n"
-                    "Upload a face photo or pick a held-out face; it is cropped like the training "
-                    "faces and encoded once. Each slider adds its attribute vector "
+                    "Upload a face photo or pick a held-out face; the face is found, aligned like "
+                    "the training faces (CelebA's geometry) and encoded once; the edit is also put "
+                    "back into your photo. Each slider adds its attribute vector "
                     "(in units of the vector's length) to the code, and the face is decoded again.")
         gr.Markdown(kept_line(keep_minutes), elem_id="privacy")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
                 photo = gr.File(label="Face photo (JPEG, PNG or WebP)", file_types=IMAGE_TYPES,
                                 type="filepath", elem_id="photo", height=130)
-                crop = gr.Image(label="Crop (yellow box: what the model sees)", elem_id="crop",
-                                type="filepath", format="png", height=220, interactive=False)
+                with gr.Row():
+                    align = gr.Radio(list(ALIGN_CHOICES), value=ALIGN_CHOICES[0], label="framing",
+                                     elem_id="align", scale=3)
+                    face_no = gr.Number(value=0, precision=0, minimum=0, label="face (0 = largest)",
+                                        elem_id="face-no", scale=1, min_width=80)
+                crop = gr.Image(label="Detected face (yellow), landmarks, crop (blue) | aligned face",
+                                elem_id="crop", type="filepath", format="png", height=220, interactive=False)
+                found = gr.Markdown("", elem_id="found")
                 gallery = gr.Gallery(value=[im for im, _ in editor.examples()], elem_id="examples",
                                      label="or a held-out face (val split)", columns=3, height=220,
                                      allow_preview=False, object_fit="cover",
@@ -276,9 +323,12 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                     random_btn = gr.Button("Random face", elem_id="random", scale=2)
             with gr.Column(scale=3):
                 with gr.Row():
-                    original = _face("Original (crop)", "original")
+                    original = _face("Original (aligned crop)", "original")
                     recon = _face("Reconstruction", "reconstruction")
                     edited = _face("Edited", "edited")
+                pasted = gr.Image(label="The edit pasted back into your photo (downloaded at full size)",
+                                  elem_id="pasted", type="filepath", format="png", height=320,
+                                  interactive=False, elem_classes=["face"], buttons=["download", "fullscreen"])
                 with gr.Row(visible=False) as compare_row:
                     naive_img = _face("same edit, naive vector", "naive")
                     balanced_img = _face("same edit, balanced vector (White 2016, Fig. 7)", "balanced")
@@ -308,8 +358,9 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
         with gr.Accordion("Loaded model and vectors", open=False, elem_id="info"):
             gr.Markdown(editor.describe())
 
-        faces = [z, crop, original, recon, edited]
-        edit_io = dict(inputs=[z, strengths, method, compare], outputs=[edited, naive_img, balanced_img])
+        faces = [z, crop, original, recon, edited, placement, pasted, found]
+        edit_io = dict(inputs=[z, strengths, method, compare, placement],
+                       outputs=[edited, naive_img, balanced_img, pasted])
 
         def then_edit(dep):  # after a new face: apply the current sliders to it (no extra endpoint)
             return dep.then(h.edit, api_visibility="private", show_progress="hidden", **edit_io)
@@ -318,7 +369,9 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
         gr.on([s.release for s in sliders] + [method.change, compare.change], None, sliders, strengths,
               js=PACK_JS, queue=False, api_visibility="private"
               ).then(h.edit, api_name="edit", show_progress="hidden", **edit_io)
-        then_edit(photo.upload(h.encode, photo, faces, api_name="encode"))
+        then_edit(photo.upload(h.encode, [photo, align, face_no], faces, api_name="encode"))
+        then_edit(gr.on([align.change, face_no.submit], h.reencode, [photo, align, face_no], faces,
+                        api_visibility="private"))
         then_edit(gallery.select(_selected, None, [example_index, photo], queue=False,
                                  api_visibility="private")
                   .then(h.example, example_index, faces, api_name="example"))
@@ -329,7 +382,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
         compare.change(lambda on: gr.update(visible=on), compare, compare_row, queue=False,
                        api_visibility="private")
         interp_btn.click(h.interpolate, [z, photo_b, seed_b, steps], strip, api_name="interpolate")
-        download_btn.click(h.download, [z, strengths, method], files, api_name="download").then(
+        download_btn.click(h.download, [z, strengths, method, placement], files, api_name="download").then(
             lambda: gr.update(visible=True), None, files, queue=False, api_visibility="private")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=MAX_QUEUE)
     demo.handlers = h  # type: ignore[attr-defined]
