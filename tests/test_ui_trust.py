@@ -22,9 +22,10 @@ from test_ui import free_port, write_cache
 
 gr = pytest.importorskip("gradio")
 
-from ui.app import (KEEP_MINUTES, Handlers, build_app, check_exposure, close, inside, kept_line,  # noqa: E402
+from ui.app import (ALIGN_CHOICES, KEEP_MINUTES, Handlers, build_app, check_exposure, close, inside, kept_line,  # noqa: E402
                     launch, parse_auth, prune_older)
 
+CENTRE = ALIGN_CHOICES[1]  # the photo's centre crop, without face detection
 CFG = VAEConfig(image_size=16, latent_dim=8, channels=(4, 8), blocks=0, groups=2)
 
 
@@ -49,6 +50,7 @@ def paths(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def photo(paths) -> Path:
+    """A flat picture (no face in it: it is sent with CENTRE, the page's no-alignment choice)."""
     from PIL import Image
 
     path = paths["root"] / "my-face-4f2a.png"
@@ -89,7 +91,7 @@ def test_hostile_session_hashes_write_nothing_outside(paths, photo, tmp_path):
         for session in hostile:
             client = Client(demo.local_url, verbose=False)
             client.session_hash = session
-            client.predict(handle_file(str(photo)), api_name="/encode")
+            client.predict(handle_file(str(photo)), CENTRE, 0, api_name="/encode")
             client.predict(0, api_name="/example")
             client.predict(3, api_name="/sample")
             client.predict({"Smiling": 1.5}, "balanced", True, api_name="/edit")
@@ -147,7 +149,7 @@ def test_nothing_of_a_photo_is_logged(paths, photo, capfd):
     demo = launch(editor, port=free_port(), block=False, quiet=True)
     try:
         client = Client(demo.local_url, verbose=False)
-        client.predict(handle_file(str(photo)), api_name="/encode")
+        client.predict(handle_file(str(photo)), CENTRE, 0, api_name="/encode")
         with pytest.raises(Exception):
             client.predict(handle_file(str(paths["bank"] / "bank.json")), api_name="/encode")
     finally:
@@ -207,7 +209,7 @@ def test_edit_and_audit_refuse_a_mismatched_bank(paths, photo, tmp_path, capsys)
     from faceedit.audit import AuditConfig, load_inputs
     from faceedit.cli import main
 
-    args = ["edit", str(photo), "--bundle", str(paths["other"]), "--bank", str(paths["bank"]),
+    args = ["edit", str(photo), "--centre-crop", "--bundle", str(paths["other"]), "--bank", str(paths["bank"]),
             "--set", "Smiling=1", "--out", str(tmp_path / "e.png")]
     assert main(args) == 2 and "another model" in capsys.readouterr().err
     assert not (tmp_path / "e.png").exists()
