@@ -247,7 +247,7 @@ def _read_lines(path: Path) -> list[str]:
     if not path.is_file():
         raise CelebAError(f"{path}: no such file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (Windows editors) is not text
     except UnicodeDecodeError as e:
         line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise CelebAError(f"{path}:{line}: not a text file (byte {e.start} is not UTF-8)") from None

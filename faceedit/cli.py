@@ -687,6 +687,51 @@ def main(argv: list[str] | None = None) -> int:
         # Library errors already name the file, field or value: show them without a traceback.
         print(f"faceedit {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nfaceedit {args.command}: interrupted. {interrupted(args)}", file=sys.stderr)
+        return 130
+
+
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command saved, and how to go on."""
+    out = getattr(args, "out", None)
+    if args.command == "train" and args.workers >= 1:
+        return _ray_checkpoints(args)
+    if args.command == "train":
+        log = args.log_dir or args.out.with_name(args.out.name + "-log")
+        return (f"Nothing was saved: {out} is written only when training ends, and the in-process loop "
+                f"(--workers 0) keeps no checkpoints; the metrics so far are in {log}. Run the command "
+                "again to start over, or with --workers 1 (or more) to checkpoint every epoch and "
+                "resume when rerun.")
+    if args.command == "run":
+        return (f"Finished stages are kept under {out} (each with its .stage.json) and are skipped when "
+                "the same command runs again; an interrupted training resumes from its last checkpoint "
+                f"in {out / 'ray'}.")
+    if out is not None:
+        return f"Nothing was written to {out} (it appears only when complete)."
+    return "Nothing was written."
+
+
+def _ray_checkpoints(args: argparse.Namespace) -> str:
+    from faceedit.cache import Cache
+    from faceedit.model import VAEConfig
+    from faceedit.trainer import TrainConfig
+    from workers.train import default_run_name
+
+    try:
+        cache = Cache.open(args.cache)
+        name = args.run_name or default_run_name(
+            args.out, cache.hash, dataclass_from_args(VAEConfig, args, image_size=cache.size),
+            dataclass_from_args(TrainConfig, args), args.workers)
+    except (ValueError, OSError):
+        return f"Checkpoints, if any were made, are in {args.storage}; run the same command to resume."
+    run = Path(args.storage) / name
+    saved = sorted(run.glob("checkpoint_*")) if run.is_dir() else []
+    if not saved:
+        return (f"No checkpoint was made yet (run {name!r} in {args.storage}): run the same command "
+                "again to start over.")
+    return (f"{len(saved)} checkpoint(s) of run {name!r} are kept in {run} (the last: {saved[-1].name}); "
+            f"{args.out} was not written. Run the same command again to resume from the last one.")
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ class Editor:
         z = self.check_z(z)
         chosen = check_strengths(strengths)
         if method not in self.methods:
-            raise ValueError(f"method {method!r}: this bank offers {', '.join(self.methods)}")
+            raise ValueError(f"method {method!r}: expected one this bank offers: {', '.join(self.methods)}")
         if not chosen:
             return z
         return edit_latent(z[None], chosen, self.bank, method)[0]  # (1, D) -> (D,)
@@ -268,7 +268,11 @@ class Editor:
         """A latent from a caller (tensor, array or list) -> float32 (D,); ValueError otherwise."""
         if z is None:
             raise ValueError("no face encoded yet: upload a photo, pick an example or draw a random face")
-        t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not isinstance(z, torch.Tensor) else z)
+        try:
+            t = torch.as_tensor(np.asarray(z, dtype=np.float32) if not isinstance(z, torch.Tensor) else z)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"latent of type {type(z).__name__}: expected a list of {self.dim} finite "
+                             "numbers") from None
         if t.dim() != 1 or t.shape[0] != self.dim or not torch.isfinite(t).all():
             raise ValueError(f"latent of shape {tuple(t.shape)}: expected {self.dim} finite numbers")
         return t.float()
@@ -304,9 +308,15 @@ def check_strengths(strengths: Mapping[str, float]) -> dict[str, float]:
     """{attribute: alpha} -> the non-zero entries as floats; ValueError for an unknown name or an
     alpha outside -3..3 or not finite."""
     chosen: dict[str, float] = {}
+    if not isinstance(strengths or {}, Mapping):
+        raise ValueError(f"strengths of type {type(strengths).__name__}: expected {{attribute: number}}, "
+                         'e.g. {"Smiling": 1.5}')
     for name, value in dict(strengths or {}).items():
-        attribute_index(name)
-        alpha = float(value)
+        attribute_index(str(name))
+        try:
+            alpha = float(value) if not isinstance(value, bool) else float("nan")
+        except (TypeError, ValueError, OverflowError):
+            alpha = float("nan")
         if not np.isfinite(alpha) or abs(alpha) > STRENGTH_LIMIT:
             raise ValueError(f"strength of {name} = {value}: expected a number in "
                              f"-{STRENGTH_LIMIT:g}..{STRENGTH_LIMIT:g}")

@@ -218,8 +218,12 @@ def _to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
         top = 1.0 if values.max(initial=0.0) <= 1.0 else 255.0
         return np.clip(np.rint(values * np.float32(255.0 / top)), 0, 255).astype(np.uint8)
     top = 65535 if mode.startswith("I;16") or values.max(initial=0) > 255 else 255
-    wide = np.clip(values, 0, top).astype(np.uint32)  # (H, W): 4 bytes a pixel of a shrunk image
-    return ((wide * 255 + top // 2) // top).astype(np.uint8)
+    out = np.empty(values.shape, dtype=np.uint8)
+    rows = max(1, (1 << 20) // max(1, values.shape[-1]))  # about a megapixel at a time: bounded temporaries
+    for i in range(0, values.shape[0], rows):
+        wide = np.clip(values[i:i + rows], 0, top).astype(np.uint32)
+        out[i:i + rows] = (wide * 255 + top // 2) // top
+    return out
 
 
 @dataclass(frozen=True)

@@ -238,3 +238,52 @@ def test_invalid_bank_json_names_the_file(paths, tmp_path):
     (bank / "bank.json").write_text('{"format": 1, "methods": [')
     with pytest.raises(BankError, match=f"{bank / 'bank.json'}: not valid JSON"):
         AttributeBank.load(bank)
+
+
+# ---------------------------------------------------------------------------- errors are sentences
+
+def test_malformed_api_values_get_sentences_about_them(paths):
+    h = Handlers(Editor.load(paths["bundle"], paths["bank"], cache=paths["cache"], threads=1))
+    z = h.editor.sample(0)[0].numpy().tolist()
+    calls = [
+        (h.edit, (5, {}, "balanced", False), "latent of shape ()"),
+        (h.edit, ("abc", {}, "balanced", False), "latent of type str"),
+        (h.edit, (z, 5, "balanced", False), "strengths of type int"),
+        (h.edit, (z, {"Smiling": [1]}, "balanced", False), "strength of Smiling"),
+        (h.edit, (z, {"Smiling": "lots"}, "balanced", False), "strength of Smiling"),
+        (h.edit, (z, {"Smiling": 1e400}, "balanced", False), "strength of Smiling"),
+        (h.edit, (z, {"Smiling": 1}, ["balanced"], False), "method"),
+        (h.sample, (1e30,), "seed"),
+        (h.sample, ("abc",), "seed"),
+        (h.sample, (-1,), "seed"),
+        (h.example, ("first",), "example"),
+        (h.example, (10**30,), "example"),
+        (h.interpolate, (z, None, 1e300, 3), "seed of face B"),
+        (h.interpolate, (z, None, 1, 1e9), "steps"),
+        (h.interpolate, (z, None, 1, [2]), "steps"),
+        (h.download, (None, {}, "balanced"), "no face encoded yet"),
+    ]
+    try:
+        for fn, args, phrase in calls:
+            with pytest.raises(gr.Error) as e:
+                fn(*args)
+            message = e.value.message
+            assert phrase in message, (fn.__name__, args, message)
+            assert "expected" in message or "upload" in message, message
+            for internal in ("object", "unpacking", "invalid literal", "Traceback", "NoneType"):
+                assert internal not in message, (fn.__name__, args, message)
+    finally:
+        h.close()
+
+
+def test_an_unexpected_fault_is_a_sentence_and_logs_only_its_type(paths, capsys):
+    h = Handlers(Editor.load(paths["bundle"], paths["bank"], threads=1))
+    h.editor.decode = lambda z: (_ for _ in ()).throw(RuntimeError("secret internals /srv/x"))
+    try:
+        with pytest.raises(gr.Error) as e:
+            h.sample(1)
+    finally:
+        h.close()
+    assert "secret" not in e.value.message and "Could not draw a face" in e.value.message
+    err = capsys.readouterr().err
+    assert "RuntimeError" in err and "secret" not in err

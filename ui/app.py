@@ -11,9 +11,11 @@ nothing from an upload is written to disk except the images shown and downloaded
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -42,6 +44,8 @@ PER_ROW = 4
 STRIP_ZOOM = 2  # /interpolate returns the strip enlarged this many times
 PASTED_SIDE = 1024  # the pasted-back photo is shown at most this large (downloaded at full size)
 ALIGN_CHOICES = ("align the face (detect it)", "centre crop (no detection)")
+MAX_SEED = 2**63 - 1  # torch.Generator's seeds
+MAX_FACES = 99  # the face number a photo with several faces may ask for
 
 CSS = """
 .face img { image-rendering: auto; object-fit: contain; }
@@ -62,6 +66,27 @@ def _label(attr: str) -> str:
 def _fail(e: Exception) -> gr.Error:
     """A library error as a message on the page (and a clean error for API clients)."""
     return gr.Error(str(e), title="Cannot do that")
+
+
+def _sentences(what: str):
+    """Wrap a handler so that every error a page or API client sees is a sentence about its input:
+    ValueErrors (which name the value and what was expected) as they are; anything else as a
+    sentence without the server's internals, logged by its type alone (nothing of a photo)."""
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except ValueError as e:
+                raise _fail(e) from None
+            except Exception as e:  # a server fault: the caller learns no more than that
+                print(f"faceedit serve: {what} failed: {type(e).__name__}", file=sys.stderr)
+                raise gr.Error(f"Could not {what} with the values sent; check them against the API "
+                               "page (or reload the page) and try again.", title="Cannot do that") from None
+        return run
+    return wrap
 
 
 def inside(folder: Path, name: str) -> Path:
@@ -148,13 +173,15 @@ class Handlers:
             for sub in (self.download_dir, self.png.folder):
                 shutil.rmtree(sub, ignore_errors=True)
 
+    @_sentences("read that photo")
     def encode(self, photo: str | None, align: str = ALIGN_CHOICES[0], face: float | None = 0):
         """Photo file, alignment choice, face number -> (z, crop preview, original, reconstruction,
         edited = reconstruction, placement, pasted = the photo, message)."""
         if not photo:
             raise gr.Error("No photo: upload a JPEG, PNG or WebP face photo.", title="Cannot do that")
         try:
-            enc = self.editor.encode(photo, align=align != ALIGN_CHOICES[1], face=int(face or 0))
+            enc = self.editor.encode(photo, align=align != ALIGN_CHOICES[1],
+                                     face=whole(face or 0, "face number", 0, MAX_FACES))
         except ValueError as e:
             # Messages name the server's temporary copy; show the name the user uploaded instead.
             msg = str(e).replace(str(photo), Path(photo).name)
@@ -189,19 +216,20 @@ class Handlers:
         """After an example or a prior sample: no photo to paste into."""
         return (*outputs, None, None, "")
 
+    @_sentences("show that example")
     def example(self, index: float | None):
         """Index of an example face -> same outputs as encode."""
-        try:
-            enc = self.editor.encode_example(int(index if index is not None else -1))
-        except ValueError as e:
-            raise _fail(e) from None
+        last = max(0, len(self.editor.example_rows) - 1)
+        enc = self.editor.encode_example(whole(index if index is not None else -1, "example", 0, last))
         return self._no_photo(*self._faces(enc.z, enc.preview, enc.face, enc.reconstruction))
 
+    @_sentences("draw a face")
     def sample(self, seed: float | None):
         """Seed -> a face from the prior (no photo: no crop preview; original = the sample)."""
-        z, image = self.editor.sample(int(seed or 0))
+        z, image = self.editor.sample(whole(seed or 0, "seed", 0, MAX_SEED))
         return self._no_photo(*self._faces(z, None, image, image))
 
+    @_sentences("edit the face")
     def edit(self, z: Any, strengths: dict | None, method: str, compare: bool, placement: Any = None):
         """-> (edited, naive, balanced, pasted): naive and balanced only when compare is on (else left
         as they are); pasted: the edit put back into the uploaded photo (none for other faces)."""
@@ -215,6 +243,7 @@ class Handlers:
             raise _fail(e) from None
         return self.png(edited), self.png(both["naive"]), self.png(both["balanced"]), pasted
 
+    @_sentences("interpolate")
     def interpolate(self, z: Any, photo_b: str | None, seed_b: float | None, steps: float):
         """Strip from the current face to face B (a photo, or a prior sample with seed_b), enlarged
         STRIP_ZOOM times: uint8 (Z*S, Z*steps*S, 3) as a PNG file."""
@@ -222,13 +251,14 @@ class Handlers:
             if photo_b:
                 z_b = self.editor.encode(photo_b).z
             else:
-                z_b, _ = self.editor.sample(int(seed_b or 0))
-            strip = self.editor.interpolate(self.editor.check_z(z), z_b, int(steps))
+                z_b, _ = self.editor.sample(whole(seed_b or 0, "seed of face B", 0, MAX_SEED))
+            strip = self.editor.interpolate(self.editor.check_z(z), z_b, whole(steps, "steps", 2, MAX_STEPS))
             return self.png(upscale(strip, STRIP_ZOOM))  # a 64 px strip is too small on a page
         except ValueError as e:
             msg = str(e).replace(str(photo_b), Path(photo_b).name) if photo_b else str(e)
             raise _fail(ValueError(msg)) from None
 
+    @_sentences("make the download")
     def download(self, z: Any, strengths: dict | None, method: str, placement: Any = None):
         """The edited face as PNG files: model resolution and upscaled; and, for an uploaded photo,
         the photo with the edit pasted back at its own resolution."""
