@@ -90,6 +90,6 @@ def test_the_editor_decodes_a_photo_once(monkeypatch, tmp_path):
     editor.size = 16
     editor.encode_array = lambda face: np.zeros(4)
     editor.decode = lambda z: np.zeros((16, 16, 3), np.uint8)
-    enc = editor.encode(path)
+    enc = editor.encode(path, align=False)  # the centre-crop path (the aligned one: test_align.py)
     assert calls == ["PNG"]
     assert enc.face.shape == (16, 16, 3) and max(enc.preview.shape[:2]) == 256
