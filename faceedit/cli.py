@@ -138,7 +138,8 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", type=Path, default=None, help="model bundle folder (made by `faceedit run`)")
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle folder (made by `faceedit run`; "
+                   "default, with no --bank either: the real-face model shipped with faceedit)")
     p.add_argument("--bank", type=Path, default=None, help="attribute vector bank folder (made by `faceedit run`)")
     p.add_argument("--cache", type=Path, default=None, help="cache to take example faces from "
                    "(default: the bundle's training cache, found by its hash beside the bundle)")
@@ -162,6 +163,13 @@ def _add_exposure(p: argparse.ArgumentParser) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    if args.bundle is None and args.bank is None:
+        from faceedit.shipped import shipped_paths, shipped_record
+
+        args.bundle, args.bank = shipped_paths()
+        made = shipped_record()
+        print(f"serving the real-face model shipped with faceedit ({args.bundle.parent}; made by "
+              f"`{made['command']}` at {made['commit']}; CelebA: non-commercial research use only)")
     missing = [f"--{name} {path or '(not given)'}" for name, path in (("bundle", args.bundle), ("bank", args.bank))
                if path is None or not Path(path).is_dir()]
     if missing:
