@@ -35,7 +35,7 @@ RESERVED = ("format", "kind", "config", "weights")
 
 _KINDS: dict[str, tuple[type, type[nn.Module]]] = {}
 # Kinds whose module registers itself on import: loading such a bundle imports it first.
-_LAZY = {"judge": "faceedit.judge"}
+_LAZY = {"judge": "faceedit.judge", "cvae": "faceedit.cvae"}
 
 
 class BundleError(ValueError):
