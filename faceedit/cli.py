@@ -80,7 +80,9 @@ COMMANDS: dict[str, str] = {
     "edit": "edit one photo with attribute vectors: original | reconstruction | edit, or a strip",
     "judge": "train the audit's judge: an image attribute classifier independent of the VAE",
     "audit": "edit held-out faces by every vector, re-score them with the judge, write the bias report",
-    "train": "train the VAE on a dataset cache and write its model bundle (--workers N: on Ray)",
+    "train": "train the VAE (or --kind cvae, the conditional VAE) on a dataset cache and write its "
+             "model bundle (--workers N: on Ray)",
+    "codemap": "draw the map of the codes of a training log (GIF, one frame per epoch) coloured by an attribute",
     "sample": "draw faces from a VAE bundle's prior into one PNG grid",
     "reconstruct": "encode and decode photos with a bundle: a PNG grid, originals above reconstructions",
     "pca": "fit the PCA baseline of the same D on a cache's train split; print its val PSNR",
@@ -428,6 +430,7 @@ def _edit_faces(args: argparse.Namespace, size: int):
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
+    from faceedit.cvae import CVAEConfig
     from faceedit.model import VAEConfig
     from faceedit.trainer import TrainConfig
     from workers.train import RayConfig
@@ -440,7 +443,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    "the run (default: <out>-log beside the bundle)")
     p.add_argument("--workers", type=int, default=0, help="0 (default): the plain loop in this "
                    "process; N >= 1: N Ray Train workers (DDP, or local SGD with --sync-every)")
+    p.add_argument("--kind", choices=("vae", "cvae"), default="vae", help="vae: the VAE; cvae: the "
+                   "conditional VAE, told the labels (faceedit/cvae.py; its options below) (default: vae)")
+    p.add_argument("--map-attribute", default="Smiling", help="after training, draw the map of the "
+                   "codes (figures/codemap.gif in the log) coloured by this attribute; empty: none "
+                   "(`faceedit codemap` redraws it with another) (default: Smiling)")
     add_dataclass_args(p, VAEConfig, exclude=("image_size",))
+    add_dataclass_args(p, CVAEConfig, exclude=tuple(f.name for f in dataclasses.fields(VAEConfig)))
     add_dataclass_args(p, TrainConfig)
     add_dataclass_args(p, RayConfig)
 
@@ -449,18 +458,18 @@ def _run_train(args: argparse.Namespace) -> int:
     import json
 
     from faceedit.cache import Cache
-    from faceedit.model import VAEConfig
+    from faceedit.cvae import CVAERecipe
     from faceedit.objective import VAERecipe
     from faceedit.trainer import TrainConfig
 
     cache = Cache.open(args.cache)
-    model_config = dataclass_from_args(VAEConfig, args, image_size=cache.size)
+    model_config = _model_config(args, cache.size)
     train_config = dataclass_from_args(TrainConfig, args)
     log_dir = args.log_dir or args.out.with_name(args.out.name + "-log")
     if log_dir.exists() and not log_dir.is_dir():  # say so now, not from a Ray worker later
         raise ValueError(f"--log-dir {log_dir}: exists and is not a folder (metrics.jsonl and "
                          "figures/ go in it); pass another --log-dir")
-    recipe = VAERecipe(model_config)
+    recipe = CVAERecipe(model_config) if args.kind == "cvae" else VAERecipe(model_config)
     if args.workers >= 1:
         from workers.train import RayConfig, train_on_ray
 
@@ -478,6 +487,45 @@ def _run_train(args: argparse.Namespace) -> int:
             return 3
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_") or k == "step"}
     print(f"wrote {args.out} (log: {log_dir}): {json.dumps(shown)}")
+    if args.map_attribute:
+        from faceedit.codemap import write_map_for_cache
+
+        done = write_map_for_cache(log_dir, cache, args.map_attribute)
+        print(f"map of the codes: {done.gif} ({len(done.epochs)} frames), {done.final}")
+    return 0
+
+
+def _model_config(args: argparse.Namespace, size: int):
+    """VAEConfig, or CVAEConfig with --kind cvae; CVAE options with --kind vae are an error."""
+    from faceedit.cvae import CVAEConfig
+    from faceedit.model import VAEConfig
+
+    if args.kind == "cvae":
+        return dataclass_from_args(CVAEConfig, args, image_size=size)
+    extra = [f.name for f in dataclasses.fields(CVAEConfig) if f.name not in
+             {g.name for g in dataclasses.fields(VAEConfig)} and getattr(args, f.name) != f.default]
+    if extra:
+        raise ValueError(f"--{extra[0].replace('_', '-')} is an option of --kind cvae (given with --kind vae)")
+    return dataclass_from_args(VAEConfig, args, image_size=size)
+
+
+def _add_codemap(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--log-dir", type=Path, required=True, help="the training log (faceedit train "
+                   "--log-dir; holds records/codes_eNNN.npy)")
+    p.add_argument("--cache", type=Path, required=True, help="the cache the run trained on (labels "
+                   "of its first val faces colour the points)")
+    p.add_argument("--attribute", default="Smiling", help="colour by this attribute (default: Smiling)")
+    p.add_argument("--out", type=Path, default=None, help="folder for codemap.gif and "
+                   "codemap_final.png (default: <log-dir>/figures)")
+
+
+def _run_codemap(args: argparse.Namespace) -> int:
+    from faceedit.cache import Cache
+    from faceedit.codemap import write_map_for_cache
+
+    done = write_map_for_cache(args.log_dir, Cache.open(args.cache), args.attribute, args.out)
+    print(f"wrote {done.gif} ({len(done.epochs)} frames: epochs {done.epochs[0]}..{done.epochs[-1]}, "
+          f"{done.faces} faces) and {done.final}")
     return 0
 
 

@@ -22,7 +22,7 @@ Loss per image: -log p(x | z, y) + beta * KL(q(z | x, y) || N(0, I)) + BCE(q(y |
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
@@ -37,7 +37,7 @@ from faceedit.figures import grid
 from faceedit.metrics import psnr
 from faceedit.model import VAE, Decoder, Encoder, VAEConfig, VAEOutput, vae_loss
 from faceedit.objective import VAEObjective
-from faceedit.trainer import Batch, TrainConfig, TrainResult, fit
+from faceedit.trainer import Batch
 
 
 @dataclass(frozen=True)
@@ -217,8 +217,11 @@ class CVAEObjective(VAEObjective):
     """The CVAE's part of training (a `faceedit.trainer.Objective`); after_step (the calibrated
     decoder's running ln s) is the VAE's."""
 
-    def __init__(self, config: CVAEConfig, figure_images: int = 32):
-        super().__init__(config, figure_images)
+    def __init__(self, config: CVAEConfig, figure_images: int = 32, map_faces: int = 256):
+        super().__init__(config, figure_images, map_faces=map_faces)
+
+    def codes(self, model: CVAE, batch: Batch) -> torch.Tensor:
+        return model.encode(batch.images, model.condition_of(batch.labels))[0]
 
     def loss(self, model: nn.Module, batch: Batch) -> CVAELoss:
         bare = getattr(model, "module", model)  # DDP keeps the model in .module
@@ -280,25 +283,26 @@ def fit_cvae_prior(model: CVAE, cache: Cache, batch_size: int = 500, max_images:
     return {"fitted_on": "train", "images": len(rows)}
 
 
-def train_cvae(cache: str | Path | Cache, out: str | Path, model_config: CVAEConfig,
-               train_config: TrainConfig, log_dir: str | Path | None = None,
-               meta: dict[str, Any] | None = None, **fit_seams: Any) -> TrainResult:
-    """Train a CVAE with the model-agnostic loop in this process and write its bundle (kind
-    "cvae") to `out`, atomically; as `faceedit.objective.train_vae` for the VAE."""
-    from faceedit.bundle import save_bundle
+@dataclass(frozen=True)
+class CVAERecipe:
+    """The CVAE as a `faceedit.recipe.Recipe`: trained by `faceedit.recipe.train_bundle` in this
+    process or by workers/train.py on Ray; its bundle (kind "cvae") records the fitted prior of z."""
 
-    cache = cache if isinstance(cache, Cache) else Cache.open(cache)
-    if cache.size != model_config.image_size:
-        raise ValueError(f"{cache.root}: images are {cache.size}x{cache.size}, the model config "
-                         f"expects image_size={model_config.image_size}")
-    torch.manual_seed(train_config.seed)
-    model = CVAE(model_config)
-    result = fit(model, CVAEObjective(model_config), cache, train_config, log_dir, **fit_seams)
-    model = result.model.cpu().eval()
-    prior = fit_cvae_prior(model, cache)
-    save_bundle(out, model, {"cache": cache.hash, "training": asdict(train_config), "prior": prior,
-                             "metrics": result.metrics, "steps": result.step, **(meta or {})})
-    return result
+    config: CVAEConfig
+
+    def build(self) -> CVAE:
+        return CVAE(self.config)
+
+    def objective(self) -> CVAEObjective:
+        return CVAEObjective(self.config)
+
+    def check(self, cache: Cache) -> None:
+        from faceedit.recipe import check_image_size
+
+        check_image_size(cache, self.config.image_size, "model")
+
+    def finish(self, model: CVAE, cache: Cache, log_dir: Path | None) -> dict[str, Any]:
+        return {"prior": fit_cvae_prior(model, cache)}
 
 
 def _register() -> None:

@@ -25,9 +25,11 @@ SIGMA_MOMENTUM = 0.95  # EMA of the calibrated decoder's ln s: settles within ~5
 class VAEObjective:
     select = ("psnr", "max")  # the weights kept with TrainConfig.keep="best": the best val PSNR
 
-    def __init__(self, config: VAEConfig, figure_images: int = 32, figure_samples: int = 64):
+    def __init__(self, config: VAEConfig, figure_images: int = 32, figure_samples: int = 64,
+                 map_faces: int = 256):
         self.config = config
         self.figure_images, self.figure_samples = figure_images, figure_samples
+        self.map_faces = map_faces  # val faces whose codes are kept every epoch (faceedit/codemap.py)
 
     def loss(self, model: nn.Module, batch: Batch) -> VAELoss:
         return vae_loss(batch.images, model(batch.images), self.config)
@@ -59,6 +61,21 @@ class VAEObjective:
         out = {k: v / n for k, v in sums.items()}
         out["log_sigma"] = float(log_sigma)
         return out
+
+    @torch.no_grad()
+    def records(self, model: nn.Module, batches: Iterator[Batch]) -> dict[str, np.ndarray]:
+        """codes: mu of the first `map_faces` val faces, (N, D) float32, for the map of the codes."""
+        codes, n = [], 0
+        for batch in batches:
+            if n >= self.map_faces:
+                break
+            codes.append(self.codes(model, batch)[: self.map_faces - n].float().cpu())
+            n += len(codes[-1])
+        return {"codes": torch.cat(codes).numpy()} if codes else {}
+
+    def codes(self, model: VAE, batch: Batch) -> torch.Tensor:
+        """mu of a batch. (B, D)"""
+        return model.encode(batch.images)[0]
 
     @torch.no_grad()
     def figures(self, model: VAE, batch: Batch) -> dict[str, torch.Tensor]:

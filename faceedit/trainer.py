@@ -27,6 +27,7 @@ never here):
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import random
@@ -42,7 +43,7 @@ from torch import nn
 from faceedit.cache import Cache
 from faceedit.feed import Batch, FeedKind, Step, make_feed, read_batch  # noqa: F401 (Batch, read_batch: API)
 from faceedit.figures import save_png
-from faceedit.files import atomic_write_text
+from faceedit.files import atomic_write_bytes, atomic_write_text
 
 Schedule = Literal["cosine", "constant"]
 
@@ -139,6 +140,11 @@ class Objective(Protocol):
     # Optional attribute `select = (metric, "max" | "min")`: the validation metric (a key of
     # `validate`'s result) whose best value picks the weights kept with TrainConfig.keep="best";
     # without it, the lowest "total".
+
+    def records(self, model: nn.Module, batches: Iterator[Batch]) -> dict[str, np.ndarray]:
+        """Optional: name -> array kept at every validation as records/NAME_eNNN.npy (rank 0, bare
+        model, eval mode, no grad), e.g. the codes of fixed val faces; `batches` are the val
+        batches in order, so the first images are the same every epoch."""
 
 
 Report = Callable[[dict[str, float], dict[str, Any]], None]
@@ -562,10 +568,17 @@ class _Loop:
                                      for k, v in self.objective.validate(self.model, batches).items()}}
             first = read_batch(self.cache, next(iter(val)), self.device, None, self.channels_last)
             figures = self.objective.figures(self.model, first)
+            records = getattr(self.objective, "records", None)
+            arrays = {} if records is None or self.out is None else records(
+                self.model, (read_batch(self.cache, r, self.device, None, self.channels_last) for r in val))
         if self.out is not None:
             epoch = int(math.ceil(metrics["epoch"]))
             for name, image in figures.items():
                 save_png(self.out / "figures" / f"{name}_e{epoch:03d}.png", image)
+            for name, array in arrays.items():
+                buf = io.BytesIO()
+                np.save(buf, np.asarray(array))
+                atomic_write_bytes(self.out / "records" / f"{name}_e{epoch:03d}.npy", buf.getvalue())
         return metrics
 
     def _log(self, metrics: dict[str, float]) -> None:

@@ -10,7 +10,8 @@ import torch
 from faceedit.attributes import ATTRIBUTES
 from faceedit.bundle import load_bundle, weights_digest
 from faceedit.cache import Cache, write_arrays
-from faceedit.cvae import CVAE, CVAEConfig, CVAEObjective, cvae_loss, edit_labels, train_cvae
+from faceedit.cvae import CVAE, CVAEConfig, CVAEObjective, CVAERecipe, cvae_loss, edit_labels
+from faceedit.recipe import train_bundle
 from faceedit.trainer import Batch, TrainConfig
 
 TINY = CVAEConfig(image_size=16, latent_dim=4, channels=(8, 16), norm="none")
@@ -89,7 +90,8 @@ def test_training_learns_the_label_and_round_trips_as_a_bundle(cache, tmp_path):
     # the unit-variance decoder weighs pixels lightly, so the KL term keeps brightness out of z and
     # the decoder must take it from y
     config = replace(TINY, adversary=1.0, decoder="fixed", labels=("Male", "Smiling"))
-    result = train_cvae(cache, tmp_path / "cvae", config, replace(FAST, epochs=8), log_dir=tmp_path / "log")
+    result, _ = train_bundle(cache, tmp_path / "cvae", CVAERecipe(config), replace(FAST, epochs=8),
+                             log_dir=tmp_path / "log")
     hist = result.history
     assert hist[-1]["val_total"] < hist[0]["val_total"]
     assert {"val_label_accuracy", "val_adversary_accuracy", "val_psnr"} <= set(hist[-1])

@@ -1,0 +1,47 @@
+"""The map of the codes: the loop records the val faces' codes every epoch; one GIF frame each."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from faceedit.cache import Cache
+from faceedit.codemap import load_codes, project, projection, write_map_for_cache
+from faceedit.model import VAE
+from faceedit.objective import VAEObjective
+from faceedit.trainer import fit
+from test_trainer import FAST, TINY, make_cache
+
+
+def test_one_frame_per_epoch_on_one_fixed_projection(tmp_path):
+    cache = Cache.open(make_cache(tmp_path / "cache"))
+    torch.manual_seed(0)
+    objective = VAEObjective(TINY, map_faces=10)
+    result = fit(VAE(TINY), objective, cache, replace(FAST, epochs=3), tmp_path / "log")
+    epochs, codes = load_codes(tmp_path / "log")
+    assert epochs == (0, 1, 2, 3) and codes.shape == (4, 10, TINY.latent_dim)
+    # the last frame is the trained model's mu of the first 10 val faces, in order
+    rows = cache.indices("val")[:10]
+    with torch.no_grad():
+        mu = result.model.encode(torch.from_numpy(cache.images[rows]).float() / 255)[0]
+    np.testing.assert_allclose(codes[-1], mu.numpy(), atol=2e-2)  # recorded under bf16 autocast
+    assert not np.allclose(codes[0], codes[-1])  # the codes moved while training
+
+    done = write_map_for_cache(tmp_path / "log", cache, "Smiling")
+    gif = Image.open(done.gif)
+    assert gif.n_frames == 4 == len(done.epochs)
+    assert Image.open(done.final).size == gif.size
+
+    mean, axes = projection(codes[-1])
+    np.testing.assert_allclose(axes @ axes.T, np.eye(2), atol=1e-10)
+    flat = project(codes, mean, axes)
+    assert flat.shape == (4, 10, 2)
+    with pytest.raises(ValueError, match="unknown attribute"):
+        write_map_for_cache(tmp_path / "log", cache, "Smiles")
+
+
+def test_no_records_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no codes_eNNN.npy"):
+        load_codes(tmp_path)
