@@ -82,6 +82,7 @@ COMMANDS: dict[str, str] = {
     "audit": "edit held-out faces by every vector, re-score them with the judge, write the bias report",
     "train": "train the VAE (or --kind cvae, the conditional VAE) on a dataset cache and write its "
              "model bundle (--workers N: on Ray)",
+    "compare": "edit methods head to head on the same faces and judge: vectors, the conditional VAE, the latent search",
     "codemap": "draw the map of the codes of a training log (GIF, one frame per epoch) coloured by an attribute",
     "sample": "draw faces from a VAE bundle's prior into one PNG grid",
     "reconstruct": "encode and decode photos with a bundle: a PNG grid, originals above reconstructions",
@@ -507,6 +508,38 @@ def _model_config(args: argparse.Namespace, size: int):
     if extra:
         raise ValueError(f"--{extra[0].replace('_', '-')} is an option of --kind cvae (given with --kind vae)")
     return dataclass_from_args(VAEConfig, args, image_size=size)
+
+
+def _add_compare(p: argparse.ArgumentParser) -> None:
+    from faceedit.compare import CompareConfig
+
+    p.add_argument("--cache", type=Path, required=True, help="dataset cache (faceedit prepare)")
+    p.add_argument("--judge", type=Path, nargs="+", required=True, help="judge bundle(s) (faceedit judge)")
+    p.add_argument("--bundle", type=Path, required=True, help="VAE bundle whose vectors, search and probe are compared")
+    p.add_argument("--bank", type=Path, required=True, help="its attribute bank (faceedit vectors)")
+    p.add_argument("--cvae", type=Path, nargs="*", default=[], help="conditional VAE bundles "
+                   "(faceedit train --kind cvae): method conditional:<folder name> each")
+    p.add_argument("--vector-methods", nargs="+", default=["naive", "balanced", "projection"],
+                   help="vector methods of the bank to compare (default: naive balanced projection)")
+    p.add_argument("--search", action=argparse.BooleanOptionalAction, default=True,
+                   help="also the latent score search (default: on)")
+    p.add_argument("--optimism", nargs="*", default=["Smiling", "Heavy_Makeup", "Eyeglasses"],
+                   metavar="ATTR", help="attributes of the predictor-vs-judge figure (none: skip it)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, CompareConfig)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from faceedit.compare import CompareConfig, compare_folders
+
+    doc = compare_folders(str(args.cache), [str(j) for j in args.judge], str(args.bundle),
+                          str(args.bank), str(args.out), [str(c) for c in args.cvae], args.search,
+                          args.vector_methods, dataclass_from_args(CompareConfig, args),
+                          args.optimism, progress=not args.quiet)
+    print(f"wrote {args.out}: compare.json, compare.md, strips/; reconstruction PSNR "
+          + ", ".join(f"{m} {v:.2f} dB" for m, v in doc["reconstruction_psnr"].items()))
+    return 0
 
 
 def _add_codemap(p: argparse.ArgumentParser) -> None:

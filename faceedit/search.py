@@ -173,3 +173,33 @@ def search(z0: torch.Tensor, predictor: LatentPredictor, attr: str, budget: floa
             t = torch.where(crossed, (stop - before) / (after - before).clamp_min(1e-12), torch.ones_like(after))
             z = (z.detach() + t[:, None] * (new - z.detach())).detach()
     return z
+
+
+@torch.no_grad()
+def codes_of(model: torch.nn.Module, cache, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """mu of the cache's faces `rows` -> (N, D) float64; a conditional model (faceedit/cvae.py) is
+    given the faces' own labels."""
+    from faceedit.cache import to_float
+
+    out = []
+    for i in range(0, len(rows), batch_size):
+        r = rows[i: i + batch_size]
+        x = to_float(cache.images[r])
+        if hasattr(model, "condition_of"):
+            mu = model.encode(x, model.condition_of(torch.from_numpy(cache.labels[r])))[0]
+        else:
+            mu = model.encode(x)[0]
+        out.append(mu.double().numpy())
+    return np.concatenate(out)
+
+
+def label_probe(model: torch.nn.Module, cache, train_faces: int = 6000) -> LatentPredictor:
+    """How much of each label a model's code mu carries: a linear probe (`fit_predictor`) fitted on
+    `train_faces` evenly spaced train faces, its `val_auc` on the whole val split (0.5: nothing)."""
+    train = cache.indices("train")
+    train = train[np.linspace(0, len(train) - 1, min(train_faces, len(train))).astype(int)]
+    val = cache.indices("val")
+    if len(val) == 0:
+        raise ValueError(f"{cache.root}: the val split is empty; the probe is scored on held-out faces")
+    return fit_predictor(codes_of(model, cache, train), cache.labels[train],
+                         codes_of(model, cache, val), cache.labels[val])
