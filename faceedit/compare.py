@@ -387,7 +387,7 @@ def compare_folders(cache: str, judge: Sequence[str], bundle: str, bank: str, ou
     import json
     from pathlib import Path
 
-    from faceedit.bank import AttributeBank
+    from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
     from faceedit.cache import Cache
     from faceedit.edit import png_bytes
@@ -398,6 +398,7 @@ def compare_folders(cache: str, judge: Sequence[str], bundle: str, bank: str, ou
     c = Cache.open(cache)
     jd = load_committee(list(judge), c)
     vae, bk = load_bundle(bundle), AttributeBank.load(bank)
+    check_built_from(bk, vae.model, bundle)
     cvaes = {Path(p).name: load_bundle(p) for p in cvae}
     for name, b in [("bundle", vae), *cvaes.items()]:
         if b.config.image_size != c.size:
