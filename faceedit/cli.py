@@ -156,6 +156,8 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
                    "and session state are deleted this long after they were made (default: 60)")
     p.add_argument("--allow-bank-mismatch", action="store_true", help="serve a bank built from "
                    "another model than --bundle (default: refuse; its edits would be meaningless)")
+    p.add_argument("--cvae", type=Path, default=None, help="a conditional VAE bundle (faceedit train "
+                   "--kind cvae): adds the method 'conditional', whose sliders change its labels")
 
 
 def _add_exposure(p: argparse.ArgumentParser) -> None:
@@ -186,7 +188,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     check_exposure(args.host, args.share, auth, args.no_auth)
     serve(args.bundle, args.bank, host=args.host, port=args.port, share=args.share, cache=args.cache,
           auth=auth, no_auth=args.no_auth, keep_minutes=args.keep_minutes,
-          allow_bank_mismatch=args.allow_bank_mismatch)
+          allow_bank_mismatch=args.allow_bank_mismatch, cvae=args.cvae)
     return 0
 
 

@@ -2,7 +2,11 @@
 
 A photo is cropped like the training cache and encoded once, to z = mu of q(z | x); every edit after
 that is z + sum_k alpha_k v_k (White 2016, "Sampling Generative Networks") followed by one decode,
-so moving a slider costs a single decoder pass. The caller (the Gradio app in `ui/`, a script, a
+so moving a slider costs a single decoder pass. With a conditional VAE loaded (faceedit/cvae.py), the
+method "conditional" edits the labels instead: the session's latent is then the VAE's z followed by
+the CVAE's code and labels [mu_c, y] (y as +1 / -1, inferred by its q(y | x) for a photo, the
+dataset's labels for an example face), a slider alpha changes y_a by 2 alpha (one flip per unit)
+and the CVAE decodes the same mu_c with the new labels. The caller (the Gradio app in `ui/`, a script, a
 test) keeps z; nothing here holds per-user state.
 
 Images handed out are uint8 (H, W, 3) arrays, the layout image widgets and PIL expect; the model's
@@ -127,7 +131,8 @@ class Editor:
     """A loaded VAE bundle and attribute bank, and the operations of the editor page."""
 
     def __init__(self, bundle: Bundle, bank: AttributeBank, cache: Cache | None = None,
-                 threads: int | None = None, n_examples: int = 9, allow_bank_mismatch: bool = False):
+                 threads: int | None = None, n_examples: int = 9, allow_bank_mismatch: bool = False,
+                 cvae: Bundle | None = None):
         if threads is not None:
             torch.set_num_threads(max(1, threads))
         self.bundle, self.bank, self.cache = bundle, bank, cache
@@ -137,14 +142,23 @@ class Editor:
         self.methods = tuple(m for m in EDIT_METHODS if self._has_method(m))
         if not self.methods:
             raise ValueError(f"bank {bank_path_of(bank)} has none of the methods {', '.join(EDIT_METHODS)}")
+        self.cvae = None
+        if cvae is not None:
+            if cvae.kind != "cvae" or cvae.config.image_size != self.size:
+                raise ValueError(f"{cvae.path}: expected a conditional VAE bundle (kind cvae) of "
+                                 f"{self.size} px, got kind {cvae.kind!r} of {cvae.config.image_size} px")
+            self.cvae = cvae.model.eval()
+            self.vae_dim = self.dim
+            self.dim += cvae.config.latent_dim + len(cvae.config.condition)  # [z, mu_c, y]
+            self.methods += ("conditional",)
         self.example_rows = self._example_rows(n_examples)
         self._check_bank()
         check_built_from(bank, self.model, bundle.path, allow=allow_bank_mismatch)
 
     @classmethod
     def load(cls, bundle: str | Path, bank: str | Path, cache: str | Path | None = None,
-             threads: int | None = None, n_examples: int = 9, allow_bank_mismatch: bool = False
-             ) -> "Editor":
+             threads: int | None = None, n_examples: int = 9, allow_bank_mismatch: bool = False,
+             cvae: str | Path | None = None) -> "Editor":
         """Load a bundle folder and a bank folder. `cache`: where to take example faces from; by
         default the cache the bundle records it was trained on, when that folder is present. A bank
         built from another model is refused unless allow_bank_mismatch (then a warning)."""
@@ -152,21 +166,38 @@ class Editor:
         k = AttributeBank.load(bank)
         c = Cache.open(cache) if cache is not None else training_cache(b)  # a named cache must open
         return cls(b, k, c, threads=default_threads() if threads is None else threads,
-                   n_examples=n_examples, allow_bank_mismatch=allow_bank_mismatch)
+                   n_examples=n_examples, allow_bank_mismatch=allow_bank_mismatch,
+                   cvae=load_bundle(cvae) if cvae is not None else None)
 
     # ------------------------------------------------------------------ encode / decode
 
     @torch.no_grad()  # not inference_mode: z is handed out, and callers may change it in place
-    def encode_array(self, face: np.ndarray) -> torch.Tensor:
-        """uint8 (3, S, S) -> z (D,) = mu."""
-        mu, _ = self.model.encode(to_float(face[None]))  # (1, 3, S, S) -> (1, D)
-        return mu[0].clone()
+    def encode_array(self, face: np.ndarray, labels: np.ndarray | None = None) -> torch.Tensor:
+        """uint8 (3, S, S) -> z (D,) = mu; with a CVAE, [mu, mu_c, y] with y = `labels` ((40,) in
+        {0, 1}) or, without them, the labels the CVAE's q(y | x) infers."""
+        x = to_float(face[None])
+        mu, _ = self.model.encode(x)  # (1, 3, S, S) -> (1, D)
+        if self.cvae is None:
+            return mu[0].clone()
+        y = (self.cvae.condition_of(torch.as_tensor(labels[None])) if labels is not None
+             else self.cvae.infer_labels(x))  # (1, L)
+        mu_c, _ = self.cvae.encode(x, y)
+        return torch.cat([mu[0], mu_c[0], y[0]])
 
     @torch.inference_mode()  # the fast path of every slider move
-    def decode(self, z: torch.Tensor) -> np.ndarray:
-        """z (D,) -> uint8 (S, S, 3). Always a batch of one, so equal z give identical pixels."""
+    def decode(self, z: torch.Tensor, conditional: bool = False) -> np.ndarray:
+        """z (D,) -> uint8 (S, S, 3) by the VAE (or the CVAE). Always a batch of one, so equal z give
+        identical pixels."""
         z = self.check_z(z)
-        return to_image(self.model.decode(z[None])[0])  # (1, D) -> (1, 3, S, S)
+        if not conditional:
+            return to_image(self.model.decode(z[None, : self._vae_dim])[0])  # (1, D) -> (1, 3, S, S)
+        Dc = self.cvae.config.latent_dim
+        mu_c, y = z[self._vae_dim: self._vae_dim + Dc], z[self._vae_dim + Dc:]
+        return to_image(self.cvae.decode(mu_c[None], y[None])[0])
+
+    @property
+    def _vae_dim(self) -> int:
+        return self.vae_dim if self.cvae is not None else self.dim
 
     def encode(self, photo: str | Path | bytes, align: bool = True, face: int | None = None) -> Encoded:
         """Any photo file or its bytes -> Encoded.
@@ -210,7 +241,7 @@ class Editor:
             raise ValueError(f"example {index}: expected 0..{len(self.example_rows) - 1}"
                              if self.example_rows else "no example faces: the training cache is not here")
         face = np.array(self.cache.images[self.example_rows[index]])  # (3, S, S) uint8, a copy
-        z = self.encode_array(face)
+        z = self.encode_array(face, self.cache.labels[self.example_rows[index]])
         shown = face.transpose(1, 2, 0).copy()
         return Encoded(upscale(shown, max(1, PREVIEW_SIDE // self.size)), shown, z, self.decode(z))
 
@@ -229,11 +260,18 @@ class Editor:
             raise ValueError(f"method {method!r}: expected one this bank offers: {', '.join(self.methods)}")
         if not chosen:
             return z
-        return edit_latent(z[None], chosen, self.bank, method)[0]  # (1, D) -> (D,)
+        if method == "conditional":  # the labels y, the tail of z, change; mu_c stays
+            from faceedit.cvae import edit_labels
+
+            L = len(self.cvae.config.condition)
+            y = edit_labels(z[None, -L:], chosen, self.cvae.config.condition)[0]
+            return torch.cat([z[:-L], y])
+        D = self._vae_dim
+        return torch.cat([edit_latent(z[None, :D], chosen, self.bank, method)[0], z[D:]])  # (1, D) -> (D,)
 
     def edit(self, z: torch.Tensor, strengths: Mapping[str, float], method: str = "balanced") -> np.ndarray:
         """The face of z edited by `strengths` ({attribute: alpha}, alpha in -3..3) -> uint8 (S, S, 3)."""
-        return self.decode(self.edit_z(z, strengths, method))
+        return self.decode(self.edit_z(z, strengths, method), conditional=method == "conditional")
 
     def compare(self, z: torch.Tensor, strengths: Mapping[str, float],
                 methods: Sequence[str] = COMPARE_METHODS) -> dict[str, np.ndarray]:
@@ -245,6 +283,10 @@ class Editor:
         N(0, I) for a bundle without one), drawn with `seed` -> (z (D,), uint8 (S, S, 3))."""
         g = torch.Generator().manual_seed(int(seed))
         z = self.model.sample_latents(1, g)[0]
+        if self.cvae is not None:  # followed by the CVAE's code of the VAE's sampled face
+            with torch.no_grad():
+                face = (self.model.decode(z[None])[0] * 255).round().byte().numpy()
+            z = torch.cat([z, self.encode_array(face)[self.vae_dim:]])
         return z, self.decode(z)
 
     @torch.inference_mode()
@@ -256,7 +298,8 @@ class Editor:
         """
         if not 2 <= int(steps) <= MAX_STEPS:
             raise ValueError(f"steps={steps}: expected 2..{MAX_STEPS}")
-        a, b = self.check_z(z_a), self.check_z(z_b)
+        D = self._vae_dim
+        a, b = self.check_z(z_a)[:D], self.check_z(z_b)[:D]
         ts = torch.linspace(0, 1, int(steps))
         zs = torch.stack([slerp(a, b, float(t)) for t in ts])  # (steps, D)
         x = self.model.decode(zs)  # (steps, D) -> (steps, 3, S, S)
@@ -290,9 +333,9 @@ class Editor:
 
     def _check_bank(self) -> None:
         v = self.bank.vector(FEATURED[0], self.methods[0])
-        if tuple(v.shape) != (self.dim,):
+        if tuple(v.shape) != (self._vae_dim,):
             raise ValueError(f"bank {bank_path_of(self.bank)} has vectors of shape {tuple(v.shape)}, "
-                             f"but the bundle {self.bundle.path} has latent size {self.dim}: "
+                             f"but the bundle {self.bundle.path} has latent size {self._vae_dim}: "
                              "build the bank from this bundle (`faceedit vectors`)")
 
     def _example_rows(self, n: int) -> list[int]:

@@ -123,6 +123,7 @@ def expected_calibration_error(p: np.ndarray, y: np.ndarray, bins: int = 10) -> 
     return float(err / len(p))
 
 
+@torch.enable_grad()  # callers may run under no_grad (the comparison does); the search needs gradients
 def search(z0: torch.Tensor, predictor: LatentPredictor, attr: str, budget: float | torch.Tensor,
            prior_mean: torch.Tensor, prior_scale_tril: torch.Tensor,
            config: SearchConfig = SearchConfig(), up: bool = True) -> torch.Tensor:

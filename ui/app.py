@@ -467,9 +467,9 @@ def close(demo: gr.Blocks) -> None:
 def serve(bundle: str | Path, bank: str | Path, host: str = "127.0.0.1", port: int = 7860,
           share: bool = False, cache: str | Path | None = None, auth: tuple[str, str] | None = None,
           no_auth: bool = False, keep_minutes: float = KEEP_MINUTES,
-          allow_bank_mismatch: bool = False) -> None:
-    """Load bundle and bank, then serve until interrupted."""
+          allow_bank_mismatch: bool = False, cvae: str | Path | None = None) -> None:
+    """Load bundle and bank (and a conditional VAE: method "conditional"), then serve until interrupted."""
     check_exposure(host, share, auth, no_auth)
-    editor = Editor.load(bundle, bank, cache=cache, allow_bank_mismatch=allow_bank_mismatch)
+    editor = Editor.load(bundle, bank, cache=cache, allow_bank_mismatch=allow_bank_mismatch, cvae=cvae)
     launch(editor, host=host, port=port, share=share, auth=auth, no_auth=no_auth,
            keep_minutes=keep_minutes)
