@@ -26,17 +26,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
-from faceedit.cache import Cache, to_float
+from faceedit.cache import Cache
 from faceedit.figures import grid
 from faceedit.metrics import psnr
 from faceedit.model import VAE, Decoder, Encoder, VAEConfig, VAEOutput, vae_loss
-from faceedit.objective import VAEObjective
+from faceedit.objective import VAEObjective, fit_prior
 from faceedit.trainer import Batch
 
 
@@ -263,26 +262,6 @@ class CVAEObjective(VAEObjective):
                 "samples": grid(model.sample(y, generator=g, standard=True), ncol=8)}
 
 
-@torch.no_grad()
-def fit_cvae_prior(model: CVAE, cache: Cache, batch_size: int = 500, max_images: int = 50_000) -> dict[str, Any]:
-    """The sampling prior of z fitted to the train split's codes (given their labels), as
-    `faceedit.objective.fit_prior` does for the VAE -> what to record in the bundle."""
-    rows = cache.indices("train")
-    rows = rows[np.linspace(0, len(rows) - 1, min(len(rows), max_images)).astype(int)]
-    if len(rows) <= model.config.latent_dim:
-        return {"fitted_on": None, "images": len(rows),
-                "why": f"N(0, I) kept: {len(rows)} train faces, a fit needs more than D = {model.config.latent_dim}"}
-    model.eval()
-    codes = []
-    for i in range(0, len(rows), batch_size):
-        r = rows[i: i + batch_size]
-        y = model.condition_of(torch.from_numpy(cache.labels[r]))
-        codes.append(model.encode(to_float(cache.images[r]), y))
-    mu, logvar = (torch.cat(c) for c in zip(*codes))
-    model.fit_prior(mu, logvar)
-    return {"fitted_on": "train", "images": len(rows)}
-
-
 @dataclass(frozen=True)
 class CVAERecipe:
     """The CVAE as a `faceedit.recipe.Recipe`: trained by `faceedit.recipe.train_bundle` in this
@@ -302,7 +281,7 @@ class CVAERecipe:
         check_image_size(cache, self.config.image_size, "model")
 
     def finish(self, model: CVAE, cache: Cache, log_dir: Path | None) -> dict[str, Any]:
-        return {"prior": fit_cvae_prior(model, cache)}
+        return {"prior": fit_prior(model, cache, log_dir)}
 
 
 def _register() -> None:

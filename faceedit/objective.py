@@ -91,6 +91,16 @@ class VAEObjective:
 
 
 @torch.no_grad()
+def encode_rows(model: nn.Module, cache: Cache, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z | x) of the cache's faces `rows` -> mu, logvar (N, D); a conditional model
+    (faceedit/cvae.py, which has `condition_of`) is given the faces' own labels."""
+    x = to_float(cache.images[rows])
+    if hasattr(model, "condition_of"):
+        return model.encode(x, model.condition_of(torch.from_numpy(cache.labels[rows])))
+    return model.encode(x)
+
+
+@torch.no_grad()
 def fit_prior(model: VAE, cache: Cache, log_dir: str | Path | None = None, batch_size: int = 500,
               max_images: int = 50_000) -> dict[str, Any]:
     """Fit the model's sampling prior to its aggregate posterior on the cache's train split (at
@@ -102,11 +112,10 @@ def fit_prior(model: VAE, cache: Cache, log_dir: str | Path | None = None, batch
         return {"fitted_on": None, "images": len(rows),
                 "why": f"N(0, I) kept: {len(rows)} train faces, a fit needs more than D = {model.config.latent_dim}"}
     model.eval()
-    codes = [model.encode(to_float(cache.images[rows[i: i + batch_size]]))
-             for i in range(0, len(rows), batch_size)]
+    codes = [encode_rows(model, cache, rows[i: i + batch_size]) for i in range(0, len(rows), batch_size)]
     mu, logvar = (torch.cat(c) for c in zip(*codes))
     model.fit_prior(mu, logvar)
-    if log_dir is not None:
+    if log_dir is not None and not hasattr(model, "condition_of"):  # a CVAE's samples need labels
         g = torch.Generator().manual_seed(1234)
         save_png(Path(log_dir) / "figures" / "samples_fitted.png", grid(model.sample(64, g), ncol=8))
     eig = torch.linalg.eigvalsh(model.prior_scale_tril @ model.prior_scale_tril.T)

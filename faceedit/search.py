@@ -176,22 +176,12 @@ def search(z0: torch.Tensor, predictor: LatentPredictor, attr: str, budget: floa
     return z
 
 
-@torch.no_grad()
 def codes_of(model: torch.nn.Module, cache, rows: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """mu of the cache's faces `rows` -> (N, D) float64; a conditional model (faceedit/cvae.py) is
-    given the faces' own labels."""
-    from faceedit.cache import to_float
+    """mu of the cache's faces `rows` -> (N, D) float64 (a conditional model is given their labels)."""
+    from faceedit.objective import encode_rows
 
-    out = []
-    for i in range(0, len(rows), batch_size):
-        r = rows[i: i + batch_size]
-        x = to_float(cache.images[r])
-        if hasattr(model, "condition_of"):
-            mu = model.encode(x, model.condition_of(torch.from_numpy(cache.labels[r])))[0]
-        else:
-            mu = model.encode(x)[0]
-        out.append(mu.double().numpy())
-    return np.concatenate(out)
+    return np.concatenate([encode_rows(model, cache, rows[i: i + batch_size])[0].double().numpy()
+                           for i in range(0, len(rows), batch_size)])
 
 
 def label_probe(model: torch.nn.Module, cache, train_faces: int = 6000) -> LatentPredictor:

@@ -131,3 +131,28 @@ def test_objective_loss_through_a_wrapper(cache):
                   torch.from_numpy(cache.labels[rows]).float())
     loss = CVAEObjective(TINY).loss(Wrapped(model), batch)
     assert torch.isfinite(loss.total) and loss.adversary == 0
+
+
+@pytest.mark.slow  # a local Ray start: tens of seconds on 2 cores
+def test_the_cvae_trains_on_ray_into_the_bundle_the_plain_loop_writes(cache, tmp_path, monkeypatch):
+    """The Ray worker is model-agnostic (faceedit/recipe.py): one worker with one thread trains the
+    CVAE to the plain loop's weights."""
+    from test_ray_train import FAST_RAY_ENV
+    from workers.train import RayConfig, train_on_ray
+
+    for key, value in FAST_RAY_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    recipe = CVAERecipe(replace(TINY, adversary=1.0))
+    train = replace(FAST, epochs=1)
+    threads = torch.get_num_threads()
+    try:
+        train_bundle(cache, tmp_path / "plain", recipe, train)
+    finally:
+        torch.set_num_threads(threads)
+    run = train_on_ray(cache.root, tmp_path / "ray", recipe, train, workers=1,
+                       ray_config=RayConfig(storage=str(tmp_path / "storage"), cpus_per_worker=1, num_cpus=2))
+    plain, on_ray = load_bundle(tmp_path / "plain"), load_bundle(run.bundle)
+    assert on_ray.kind == plain.kind == "cvae" and on_ray.config == plain.config
+    assert on_ray.meta["weights"]["sha256"] == plain.meta["weights"]["sha256"]
+    assert on_ray.meta["steps"] == plain.meta["steps"] == 80 // 8
