@@ -758,8 +758,11 @@ def _run_run(args: argparse.Namespace) -> int:
         from ui.app import serve  # Gradio is imported here only
 
         print(f"the editor: http://{args.host}:{args.port} (Ctrl-C stops it)")
+        if data is None:  # a model of rendered faces: also offer the shipped real-face model
+            print(f"the real-face model shipped with faceedit: http://{args.host}:{args.port + 1}")
         serve(args.out / "bundle", args.out / "bank", host=args.host, port=args.port,
-              cache=args.out / "cache", auth=auth, no_auth=args.no_auth)
+              cache=args.out / "cache", auth=auth, no_auth=args.no_auth,
+              also_shipped="this run's model (rendered faces)" if data is None else "")
     return 0
 
 

@@ -55,3 +55,26 @@ def test_serve_without_a_bundle_serves_the_shipped_model(monkeypatch, capsys):
     assert main(["serve"]) == 0
     assert (served["bundle"], served["bank"]) == shipped_paths()
     assert "shipped with faceedit" in capsys.readouterr().out
+
+
+def test_a_rendered_run_links_its_editor_to_the_shipped_model(monkeypatch):
+    """`./run.sh` on rendered faces serves its model and the shipped real-face one, linked."""
+    import ui.app
+    from faceedit.shipped import LABEL
+
+    pages = []
+    monkeypatch.setattr(ui.app, "launch", lambda editor, **kw: pages.append((editor, kw)) or object())
+    monkeypatch.setattr(ui.app, "close", lambda demo: None)
+    bundle, bank = shipped_paths()
+    ui.app.serve(bundle, bank, port=7000, also_shipped="this run's model (rendered faces)")
+    (shipped, side), (run, main_page) = pages
+    assert side["port"] == 7001 and main_page["port"] == 7000
+    assert main_page["models"] == {"this run's model (rendered faces)": "", LABEL: "http://127.0.0.1:7001/"}
+    assert side["models"][LABEL] == "" and side["models"]["this run's model (rendered faces)"] == "http://127.0.0.1:7000/"
+    line = ui.app.model_switch(main_page["models"])
+    assert line.startswith("**Model:** this run's model") and "(http://127.0.0.1:7001/)" in line
+    page = ui.app.build_app(run, models=main_page["models"])
+    try:
+        assert line in [b.value for b in page.blocks.values() if hasattr(b, "value") and isinstance(b.value, str)]
+    finally:
+        page.handlers.close()

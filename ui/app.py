@@ -311,10 +311,11 @@ def _minutes(m: float) -> str:
 
 
 def build_app(editor: Editor, download_dir: str | Path | None = None,
-              keep_minutes: float = KEEP_MINUTES) -> gr.Blocks:
+              keep_minutes: float = KEEP_MINUTES, models: dict[str, str] | None = None) -> gr.Blocks:
     """The editor page over a loaded Editor. Everything it stores (uploads, rendered faces,
     downloads, session state) is deleted `keep_minutes` after it was made; `demo.handlers.close()`
-    removes its temporary folder (launch does, when the server stops)."""
+    removes its temporary folder (launch does, when the server stops). models: {label: url} of
+    the pages serving other models ("" for this page's), shown as a switch at the top."""
     if not keep_minutes > 0:
         raise ValueError(f"keep_minutes {keep_minutes}: expected a positive number of minutes")
     keep_s = keep_minutes * 60.0
@@ -331,6 +332,8 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                     "back into your photo. Each slider adds its attribute vector "
                     "(in units of the vector's length) to the code, and the face is decoded again.")
         gr.Markdown(kept_line(keep_minutes), elem_id="privacy")
+        if models:
+            gr.Markdown(model_switch(models), elem_id="models")
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=280):
                 photo = gr.File(label="Face photo (JPEG, PNG or WebP)", file_types=IMAGE_TYPES,
@@ -438,13 +441,21 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
     return user, password
 
 
+def model_switch(models: dict[str, str]) -> str:
+    """One markdown line: the model this page edits with, and links to the pages of the others."""
+    here = [label for label, url in models.items() if not url]
+    others = [f"[{label}]({url})" for label, url in models.items() if url]
+    return f"**Model:** {here[0] if here else 'this page'}. Switch to: " + ", ".join(others)
+
+
 def launch(editor: Editor, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
            block: bool = True, quiet: bool = False, auth: tuple[str, str] | None = None,
-           no_auth: bool = False, keep_minutes: float = KEEP_MINUTES) -> gr.Blocks:
+           no_auth: bool = False, keep_minutes: float = KEEP_MINUTES,
+           models: dict[str, str] | None = None) -> gr.Blocks:
     """Build the page and serve it. block=False returns at once (tests); close with `close(demo)`.
     A non-loopback host or share=True needs `auth` (user, password) or no_auth=True."""
     check_exposure(host, share, auth, no_auth)
-    demo = build_app(editor, keep_minutes=keep_minutes)
+    demo = build_app(editor, keep_minutes=keep_minutes, models=models)
     try:
         demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_FILE_SIZE,
                     show_error=True, prevent_thread_lock=not block, quiet=quiet, css=CSS,
@@ -467,9 +478,25 @@ def close(demo: gr.Blocks) -> None:
 def serve(bundle: str | Path, bank: str | Path, host: str = "127.0.0.1", port: int = 7860,
           share: bool = False, cache: str | Path | None = None, auth: tuple[str, str] | None = None,
           no_auth: bool = False, keep_minutes: float = KEEP_MINUTES,
-          allow_bank_mismatch: bool = False, cvae: str | Path | None = None) -> None:
-    """Load bundle and bank (and a conditional VAE: method "conditional"), then serve until interrupted."""
+          allow_bank_mismatch: bool = False, cvae: str | Path | None = None,
+          also_shipped: str = "") -> None:
+    """Load bundle and bank (and a conditional VAE: method "conditional"), then serve until
+    interrupted. also_shipped (a label for this model):
+    also serve the real-face model shipped with faceedit on port + 1, each page linking to the other."""
     check_exposure(host, share, auth, no_auth)
     editor = Editor.load(bundle, bank, cache=cache, allow_bank_mismatch=allow_bank_mismatch, cvae=cvae)
-    launch(editor, host=host, port=port, share=share, auth=auth, no_auth=no_auth,
-           keep_minutes=keep_minutes)
+    models, other = None, None
+    if also_shipped:
+        from faceedit.shipped import LABEL, shipped_paths
+
+        here, there = f"http://{host}:{port}/", f"http://{host}:{port + 1}/"
+        other = launch(Editor.load(*shipped_paths()), host=host, port=port + 1, block=False, quiet=True,
+                       auth=auth, no_auth=no_auth, keep_minutes=keep_minutes,
+                       models={LABEL: "", also_shipped: here})
+        models = {also_shipped: "", LABEL: there}
+    try:
+        launch(editor, host=host, port=port, share=share, auth=auth, no_auth=no_auth,
+               keep_minutes=keep_minutes, models=models)
+    finally:
+        if other is not None:
+            close(other)
