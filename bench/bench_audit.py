@@ -29,7 +29,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from faceedit.audit import AuditConfig, Latent, compute, load_inputs, run_audit  # noqa: E402
+from faceedit.audit import AuditConfig, Execution, Latent, compute, load_inputs, run_audit  # noqa: E402
 
 REAL = {k: REPO / "runs" / f"{k}-real64" for k in ("bundle", "bank", "cache", "judge")}
 
@@ -79,7 +79,7 @@ def main() -> None:
         inputs = load_inputs(*(str(paths[k]) for k in ("bundle", "bank", "cache", "judge")), config,
                              progress=False)
         start = time.perf_counter()
-        result, _ = compute(inputs, config, runner, progress=False, device=args.device)
+        result, _ = compute(inputs, config, Execution(runner, device=args.device, progress=False))
         which = {k: str(v) for k, v in paths.items()}
     else:
         from faceedit.judge import Judge, JudgeConfig
@@ -91,15 +91,16 @@ def main() -> None:
             vae = VAE(VAEConfig()).eval()
             judge = Judge(JudgeConfig()).eval()
             start = time.perf_counter()
-            result = run_audit(cache, {"vae": Latent(vae, RandomBank(128))}, judge,
-                               np.full(40, 0.9), 0.75, config, runner, progress=False, device=args.device)
+            result, _ = run_audit(cache, {"vae": Latent(vae, RandomBank(128))}, judge,
+                                  np.full(40, 0.9), 0.75, config,
+                                  execution=Execution(runner, device=args.device, progress=False))
         which = "untrained default-size VAE and judge on random pixels"
     seconds = time.perf_counter() - start
     print(json.dumps({
         "bench": "audit", "inputs": which, "device": args.device, "workers": args.workers,
         "attributes": len(config.attributes), "faces_per_side": args.faces,
-        "edited_images": result["edited_images"], "seconds": round(seconds, 2),
-        "faces_per_s": round(result["edited_images"] / seconds, 1),
+        "edited_images": result.edited_images, "seconds": round(seconds, 2),
+        "faces_per_s": round(result.edited_images / seconds, 1),
         "threads": torch.get_num_threads(), "cores": os.cpu_count(),
     }))
 

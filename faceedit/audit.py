@@ -29,12 +29,13 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
+from faceedit.judge import judgeable
 
 METHODS: tuple[str, ...] = ("naive", "balanced", "projection", "boundary")
 
@@ -273,15 +274,56 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def edit_stats(attr: str, alpha: float, edited: np.ndarray, rec: np.ndarray, orig: np.ndarray,
-               sd: np.ndarray, can_judge: np.ndarray, feature_distance: np.ndarray,
-               feature_scale: float, psnr_db: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class EditScores:
+    """What the judge said about one (attribute, method, alpha) edit of B faces."""
+
+    edited: np.ndarray  # (B, 40) judge logits of the edited reconstructions
+    rec: np.ndarray  # (B, 40) of the unedited reconstructions (alpha = 0)
+    orig: np.ndarray  # (B, 40) of the original images
+    feature_distance: np.ndarray  # (B,) ||f(edit) - f(rec)|| in the judge's penultimate features
+    psnr: np.ndarray  # (B,) dB, edit vs rec
+    labels: np.ndarray  # (B, 40) the faces' dataset labels
+
+
+@dataclass(frozen=True)
+class EditStats:
+    """Efficacy, leakage and identity of one (attribute, method, alpha) over its faces. Arrays are
+    (40,), one value per attribute b in ATTRIBUTES order, in units of b's logit sd."""
+
+    faces: int
+    p_before: float  # mean P(a) of the unedited reconstructions
+    p_after: float  # mean P(a) of the edits
+    efficacy: float  # change in P(a); negative for -alpha
+    efficacy_vs_original: float
+    flip: float  # fraction judged not-target before, target after
+    target_sd: float  # the target's own logit change
+    leakage: np.ndarray  # signed mean change of every b; leakage[k] is the target's own change
+    leakage_se: np.ndarray  # its standard error (sd of the change / sqrt(faces))
+    leakage_within: np.ndarray  # >= 0: |mean change| within the faces with b and without
+    ad: np.ndarray  # mean |change| (Wu et al.'s Attribute Dependency per b)
+    leakage_vs_original: np.ndarray
+    leak_mean: float  # mean |leakage| over the judgeable others
+    leak_max: float
+    leak_max_attribute: str | None
+    leak_mean_within: float
+    leak_mean_vs_original: float
+    identity_feature: float  # feature distance over the median distance between two faces
+    identity_feature_raw: float
+    psnr: float
+
+    PER_ATTRIBUTE: ClassVar[tuple[str, ...]] = ("leakage", "leakage_se", "leakage_within", "ad",
+                                                "leakage_vs_original")
+
+
+def edit_stats(attr: str, alpha: float, scores: EditScores, *, sd: np.ndarray,
+               can_judge: np.ndarray, feature_scale: float) -> EditStats:
     """Efficacy, leakage and identity of one (attribute, method, alpha) over its faces.
 
-    edited, rec, orig: judge logits (B, 40) of the edit, the unedited reconstruction and the original;
-    sd (40,) the logit standard deviations; can_judge (40,) bool; feature_distance, psnr_db (B,);
-    labels (B, 40) the faces' dataset labels.
+    sd (40,) the logit standard deviations over the originals (the unit of leakage); can_judge (40,)
+    bool; feature_scale: the median feature distance between two faces' reconstructions.
     """
+    edited, rec, orig = scores.edited, scores.rec, scores.orig
     k = attribute_index(attr)
     target = alpha > 0
     p_edit, p_rec, p_orig = sigmoid(edited[:, k]), sigmoid(rec[:, k]), sigmoid(orig[:, k])
@@ -291,31 +333,31 @@ def edit_stats(attr: str, alpha: float, edited: np.ndarray, rec: np.ndarray, ori
     leak = delta.mean(axis=0)  # (40,) signed mean: the systematic shift of every b
     # its standard error over these faces: how far a leakage may be from 0 by chance alone
     leak_se = delta.std(axis=0, ddof=1) / math.sqrt(len(delta)) if len(delta) > 1 else np.full(len(leak), np.nan)
-    within = leakage_within(delta, labels)
+    within = leakage_within(delta, scores.labels)
     others = np.array([b != k and can_judge[b] for b in range(len(ATTRIBUTES))])
     summary = _over_others(leak, others)
-    return {
-        "faces": int(len(edited)),
-        "p_before": float(p_rec.mean()),
-        "p_after": float(p_edit.mean()),
-        "efficacy": float((p_edit - p_rec).mean()),  # change in P(a); negative for -alpha
-        "efficacy_vs_original": float((p_edit - p_orig).mean()),
-        "flip": float((hit_edit & ~hit_rec).mean()),  # judged not-target before, target after
-        "target_sd": float(delta[:, k].mean()),
-        "leakage": leak,  # (40,) signed, sd units; leak[k] is the target's own change
-        "leakage_se": leak_se,  # (40,) standard error of each leakage (sd of the change / sqrt(faces))
-        "leakage_within": within,  # (40,) >= 0: |mean change| within the faces with b and without
-        "ad": np.abs(delta).mean(axis=0),  # (40,) mean |change| / sd (Wu et al.'s AD per b)
-        "leakage_vs_original": delta_orig.mean(axis=0),  # (40,)
-        "leak_mean": summary["mean"],
-        "leak_max": summary["max"],
-        "leak_max_attribute": summary["argmax"],
-        "leak_mean_within": _over_others(within, others)["mean"],
-        "leak_mean_vs_original": _over_others(delta_orig.mean(axis=0), others)["mean"],
-        "identity_feature": float(feature_distance.mean() / feature_scale),
-        "identity_feature_raw": float(feature_distance.mean()),
-        "psnr": float(psnr_db.mean()),
-    }
+    return EditStats(
+        faces=int(len(edited)),
+        p_before=float(p_rec.mean()),
+        p_after=float(p_edit.mean()),
+        efficacy=float((p_edit - p_rec).mean()),
+        efficacy_vs_original=float((p_edit - p_orig).mean()),
+        flip=float((hit_edit & ~hit_rec).mean()),
+        target_sd=float(delta[:, k].mean()),
+        leakage=leak,
+        leakage_se=leak_se,
+        leakage_within=within,
+        ad=np.abs(delta).mean(axis=0),
+        leakage_vs_original=delta_orig.mean(axis=0),
+        leak_mean=summary["mean"],
+        leak_max=summary["max"],
+        leak_max_attribute=summary["argmax"],
+        leak_mean_within=_over_others(within, others)["mean"],
+        leak_mean_vs_original=_over_others(delta_orig.mean(axis=0), others)["mean"],
+        identity_feature=float(scores.feature_distance.mean() / feature_scale),
+        identity_feature_raw=float(scores.feature_distance.mean()),
+        psnr=float(scores.psnr.mean()),
+    )
 
 
 def leakage_within(delta: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -357,23 +399,27 @@ def median_pair_distance(features: np.ndarray, seed: int = 0, pairs: int = 2000)
     return float(max(np.median(d), 1e-6))
 
 
+EditKey = tuple[str, str, str, float]  # (latent, attribute, method, alpha)
+
+
 def aggregate(jobs: Sequence[Job], results: Sequence[JobResult], base: Base, sd: np.ndarray,
-              can_judge: np.ndarray, feature_scale: dict[str, float]) -> dict[tuple, dict[str, Any]]:
+              can_judge: np.ndarray, feature_scale: dict[str, float]) -> dict[EditKey, EditStats]:
     """Gather job results per (latent, attr, method, alpha) and compute `edit_stats` for each."""
-    parts: dict[tuple, list] = {}
+    parts: dict[EditKey, list[tuple[tuple[int, ...], JobResult, int]]] = {}
     for job, res in zip(jobs, results):
         for e, (method, alpha) in enumerate(job.edits):
-            parts.setdefault((job.latent, job.attr, method, alpha), []).append(
-                (job.slots, res.logits[e], res.feature_distance[e], res.psnr[e]))
+            parts.setdefault((job.latent, job.attr, method, alpha), []).append((job.slots, res, e))
     out = {}
     for key in sorted(parts, key=_key_order):
         latent, attr, method, alpha = key
-        slots = np.concatenate([np.asarray(p[0]) for p in parts[key]])
-        out[key] = edit_stats(
-            attr, alpha, np.concatenate([p[1] for p in parts[key]]),
-            base.rec_logits[latent][slots], base.orig_logits[slots], sd, can_judge,
-            np.concatenate([p[2] for p in parts[key]]), feature_scale[latent],
-            np.concatenate([p[3] for p in parts[key]]), base.labels[slots])
+        slots = np.concatenate([np.asarray(job_slots) for job_slots, _, _ in parts[key]])
+        scores = EditScores(
+            edited=np.concatenate([res.logits[e] for _, res, e in parts[key]]),
+            rec=base.rec_logits[latent][slots], orig=base.orig_logits[slots],
+            feature_distance=np.concatenate([res.feature_distance[e] for _, res, e in parts[key]]),
+            psnr=np.concatenate([res.psnr[e] for _, res, e in parts[key]]), labels=base.labels[slots])
+        out[key] = edit_stats(attr, alpha, scores, sd=sd, can_judge=can_judge,
+                              feature_scale=feature_scale[latent])
     return out
 
 
@@ -397,6 +443,15 @@ def run_jobs_local(jobs: Sequence[Job], models: dict[str, LatentModel], judge: S
 Runner = Callable[[Sequence[Job], dict, Scorer, Base, dict], list[JobResult]]
 
 
+@dataclass(frozen=True)
+class Execution:
+    """How the audit's edit-and-score jobs run; the numbers are the same either way."""
+
+    runner: Runner | None = None  # None: in this process; workers/audit.py `ray_runner`: on Ray (CPU)
+    device: str = "cpu"  # where the in-process path decodes and scores (the models are moved there)
+    progress: bool = True  # progress bars
+
+
 @dataclass
 class Latent:
     """A latent model and its attribute bank (the VAE's, or the PCA baseline's built the same way)."""
@@ -405,7 +460,94 @@ class Latent:
     bank: VectorSource
 
 
-def select_faces(cache, attrs: Sequence[str], config: AuditConfig) -> tuple[np.ndarray, dict]:
+@dataclass(frozen=True)
+class FaceSelection:
+    """The audited held-out faces: the face table (sorted cache rows) and, per (attribute,
+    positive), slots into it (positive: the faces without the attribute, edited by +alpha)."""
+
+    rows: np.ndarray  # (N,) cache rows
+    slots: dict[tuple[str, bool], np.ndarray]
+
+    def counts(self, attr: str) -> dict[str, int]:
+        """How many faces without and with `attr` were edited."""
+        return {"without": len(self.slots[(attr, True)]), "with": len(self.slots[(attr, False)])}
+
+
+@dataclass(frozen=True)
+class JudgeScores:
+    """What the audit knows of its judge (or committee)."""
+
+    auc: np.ndarray  # (40,) held-out ROC AUC, NaN where unknown
+    can_judge: np.ndarray  # (40,) bool: AUC >= min_auc
+    min_auc: float
+    members: int = 1  # judges in the committee
+
+
+@dataclass(frozen=True)
+class Reconstruction:
+    """What encoding and decoding alone do to the judged attributes of the audited faces, (40,) each."""
+
+    shift: np.ndarray  # mean logit shift reconstruction - original, in sd units
+    auc_original: np.ndarray  # the judge's AUC on the originals
+    auc_reconstruction: np.ndarray  # ... and on the reconstructions
+
+
+@dataclass(frozen=True)
+class LatentResult:
+    """The audit of one latent model (the VAE, or the PCA baseline)."""
+
+    feature_scale: float  # median judge-feature distance between two faces' reconstructions
+    reconstruction: Reconstruction
+    edits: dict[str, dict[str, dict[float, EditStats]]]  # attr -> method -> alpha -> stats
+
+    def strengths(self, attr: str, method: str) -> dict[float, EditStats]:
+        """alpha -> the stats of attr's `method` edit at alpha (empty where not audited)."""
+        return self.edits.get(attr, {}).get(method, {})
+
+    def edit(self, attr: str, method: str, alpha: float) -> EditStats | None:
+        """The stats of one edit, None where it was not audited."""
+        return self.strengths(attr, method).get(alpha)
+
+
+@dataclass(frozen=True)
+class DatasetBias:
+    """The labels' bias, from labels alone."""
+
+    split: str
+    faces: int
+    rates: np.ndarray  # (40,) attribute rates in the split
+    rates_all: np.ndarray  # (40,) in the whole cache
+    phi: np.ndarray  # (40, 40) phi between labels in the split, NaN where one never varies
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Every number of an audit (faceedit/report.py writes them)."""
+
+    attributes: tuple[str, ...]
+    settings: AuditConfig
+    judge: JudgeScores
+    logit_sd: np.ndarray  # (40,) over the originals: the unit of leakage
+    faces: FaceSelection
+    edited_images: int
+    latents: dict[str, LatentResult]
+    bias: DatasetBias
+    bank_cells: dict[str, dict] = field(default_factory=dict)  # each vector's balancing record (bank.json)
+
+    def headline(self, latent: str = "vae") -> dict[str, dict[str, EditStats]]:
+        """{attr: {method: stats at the headline strength}} of one latent model."""
+        alpha = self.settings.headline
+        lat = self.latents.get(latent)
+        edits = lat.edits if lat is not None else {}
+        return {a: {m: by_alpha[alpha] for m, by_alpha in by_method.items() if alpha in by_alpha}
+                for a, by_method in edits.items()}
+
+    def can(self) -> dict[str, bool]:
+        """attribute -> whether the judge may judge it."""
+        return dict(zip(ATTRIBUTES, np.asarray(self.judge.can_judge).tolist()))
+
+
+def select_faces(cache, attrs: Sequence[str], config: AuditConfig) -> FaceSelection:
     """The face table (sorted cache rows) and (attr, positive) -> slots into it."""
     rows = cache.indices(config.split)
     if len(rows) == 0:
@@ -413,19 +555,19 @@ def select_faces(cache, attrs: Sequence[str], config: AuditConfig) -> tuple[np.n
     chosen = {(a, pos): choose_faces(cache.labels, rows, a, pos, config.faces, config.seed)
               for a in attrs for pos in (True, False)}
     table = np.unique(np.concatenate(list(chosen.values()))) if chosen else np.zeros(0, np.int64)
-    return table, {k: np.searchsorted(table, v) for k, v in chosen.items()}
+    return FaceSelection(table, {k: np.searchsorted(table, v) for k, v in chosen.items()})
 
 
 def run_audit(cache, latents: dict[str, Latent], judge: Scorer, auc: np.ndarray, min_auc: float,
-              config: AuditConfig = AuditConfig(), runner: Runner | None = None,
-              progress: bool = True, device: str = "cpu") -> dict[str, Any]:
+              config: AuditConfig = AuditConfig(), *,
+              execution: Execution = Execution()) -> tuple[AuditResult, Base]:
     """Audit every (latent, attribute, method, strength) on the held-out faces of `cache`.
 
     auc (40,): the judge's held-out AUC; attributes under min_auc are marked and left out of the
-    leakage summaries. runner: how the jobs run (default: in this process; workers/audit.py gives
-    a Ray runner, CPU only). device: where the in-process path runs (the models and the judge are
-    moved there). Returns the numbers as nested dicts and arrays (faceedit/report.py writes them).
+    leakage summaries. Returns the numbers (faceedit/report.py writes them) and what was scored
+    once per face (the codes the Figure-7 strips start from).
     """
+    device, runner, progress = execution.device, execution.runner, execution.progress
     if device != "cpu":
         if runner is not None:
             raise ValueError(f"device={device!r}: the Ray runner scores on CPU; use one or the other")
@@ -433,36 +575,28 @@ def run_audit(cache, latents: dict[str, Latent], judge: Scorer, auc: np.ndarray,
         for lat in latents.values():
             lat.model.to(device)
     attrs = tuple(config.attributes) or ATTRIBUTES
-    can_judge = np.array(_judgeable(auc, min_auc))
-    table, faces = select_faces(cache, attrs, config)
-    base, sd, scale = score_base(cache, table, latents, judge, config)
+    can_judge = np.array(judgeable(auc, min_auc))
+    faces = select_faces(cache, attrs, config)
+    base, sd, scale = score_base(cache, faces.rows, latents, judge, config)
     vectors, jobs = {}, []
     for name, lat in latents.items():
         vectors[name] = {(a, m): lat.bank.vector(a, m).detach().cpu().numpy().astype(np.float32)
                          for a in attrs for m in config.methods}
-        jobs += make_jobs(name, faces, config.methods, config.strengths, config.batch_size)
+        jobs += make_jobs(name, faces.slots, config.methods, config.strengths, config.batch_size)
     models = {name: lat.model for name, lat in latents.items()}
     run = runner or (lambda j, m, s, b, v: run_jobs_local(j, m, s, b, v, progress=progress))
     results = run(jobs, models, judge, base, vectors)
     stats = aggregate(jobs, results, base, sd, can_judge, scale)
-    return {
-        "attributes": list(attrs),
-        "settings": config.to_dict(),
-        "judge": {"auc": auc, "can_judge": can_judge, "min_auc": min_auc},
-        "logit_sd": sd,
-        "faces": {"table": len(table), "rows": table,
-                  "per_attribute": {a: {"without": len(faces[(a, True)]), "with": len(faces[(a, False)])}
-                                    for a in attrs}},
-        "edited_images": int(sum(len(j.slots) * len(j.edits) for j in jobs)),
-        "latents": {name: {"feature_scale": scale[name],
-                           "reconstruction": reconstruction_stats(base.orig_logits, base.rec_logits[name],
-                                                                  base.labels, sd),
-                           "edits": stats_by_latent(stats, name)}
-                    for name in latents},
-        "bias": dataset_bias(cache),
-        "_base": base,  # for the strips (not written)
-        "_faces": faces,
-    }
+    latent_results = {
+        name: LatentResult(scale[name], reconstruction_stats(base.orig_logits, base.rec_logits[name],
+                                                             base.labels, sd),
+                           stats_by_latent(stats, name))
+        for name in latents}
+    result = AuditResult(
+        attributes=attrs, settings=config, judge=JudgeScores(auc, can_judge, min_auc), logit_sd=sd,
+        faces=faces, edited_images=int(sum(len(j.slots) * len(j.edits) for j in jobs)),
+        latents=latent_results, bias=dataset_bias(cache))
+    return result, base
 
 
 def score_base(cache, table: np.ndarray, latents: dict[str, Latent], judge: Scorer,
@@ -486,11 +620,7 @@ def score_base(cache, table: np.ndarray, latents: dict[str, Latent], judge: Scor
     return base, logit_sd(orig_logits), scale
 
 
-def _judgeable(auc: np.ndarray, min_auc: float) -> list[bool]:
-    return [bool(np.isfinite(a) and a >= min_auc) for a in np.asarray(auc, np.float64)]
-
-
-def stats_by_latent(stats: dict[tuple, dict], latent: str) -> dict[str, dict[str, dict[float, dict]]]:
+def stats_by_latent(stats: dict[EditKey, EditStats], latent: str) -> dict[str, dict[str, dict[float, EditStats]]]:
     """{attr: {method: {alpha: stats}}} of one latent model."""
     out: dict = {}
     for (lat, attr, method, alpha), s in stats.items():
@@ -500,37 +630,36 @@ def stats_by_latent(stats: dict[tuple, dict], latent: str) -> dict[str, dict[str
 
 
 def reconstruction_stats(orig: np.ndarray, rec: np.ndarray, labels: np.ndarray,
-                         sd: np.ndarray) -> dict[str, np.ndarray]:
+                         sd: np.ndarray) -> Reconstruction:
     """What reconstruction alone does to the judged attributes (no edit): per attribute the mean
     logit shift rec - original in sd units, and the judge's AUC on originals vs reconstructions."""
     from faceedit.judge import auc_per_attribute
 
-    return {"shift": ((rec - orig) / sd).mean(axis=0),
-            "auc_original": auc_per_attribute(orig, labels),
-            "auc_reconstruction": auc_per_attribute(rec, labels)}
+    return Reconstruction(shift=((rec - orig) / sd).mean(axis=0),
+                          auc_original=auc_per_attribute(orig, labels),
+                          auc_reconstruction=auc_per_attribute(rec, labels))
 
 
-def dataset_bias(cache, split: str = "train") -> dict[str, Any]:
+def dataset_bias(cache, split: str = "train") -> DatasetBias:
     """Per-attribute rates (the split and the whole cache) and the 40x40 phi matrix of the split."""
     rows = cache.indices(split)
     labels = cache.labels[rows] if len(rows) else cache.labels
-    return {"split": split, "faces": int(len(labels)), "rates": attribute_rates(labels),
-            "rates_all": attribute_rates(cache.labels), "phi": phi_matrix(labels)}
+    return DatasetBias(split, int(len(labels)), attribute_rates(labels), attribute_rates(cache.labels),
+                       phi_matrix(labels))
 
 
-def top_leaking(result: dict[str, Any], n: int, latent: str = "vae", method: str = "naive") -> list[str]:
+def top_leaking(result: AuditResult, n: int, latent: str = "vae", method: str = "naive") -> list[str]:
     """The n judgeable attributes whose `method` edit (at the headline strength) leaks most (max over b)."""
-    alpha = result["settings"]["headline"]
-    can = dict(zip(ATTRIBUTES, result["judge"]["can_judge"]))
+    can = result.can()
     scored = []
-    for attr, by_method in result["latents"].get(latent, {}).get("edits", {}).items():
-        s = by_method.get(method, {}).get(alpha)
-        if s is not None and can[attr] and np.isfinite(s["leak_max"]):
-            scored.append((-s["leak_max"], attribute_index(attr), attr))
+    for attr, by_method in result.headline(latent).items():
+        s = by_method.get(method)
+        if s is not None and can[attr] and np.isfinite(s.leak_max):
+            scored.append((-s.leak_max, attribute_index(attr), attr))
     return [a for _, _, a in sorted(scored)[:n]]
 
 
-def strip_images(result: dict[str, Any], latent: Latent, attrs: Sequence[str],
+def strip_images(result: AuditResult, base: Base, latent: Latent, attrs: Sequence[str],
                  methods: Sequence[str], latent_name: str = "vae") -> dict[str, bytes]:
     """White's Figure 7 for each of `attrs`: one held-out face (the first chosen without the
     attribute) edited at -2..+2, one row per method. attr -> PNG bytes (no timestamps)."""
@@ -538,9 +667,9 @@ def strip_images(result: dict[str, Any], latent: Latent, attrs: Sequence[str],
 
     from faceedit.edit import strip
 
-    base, faces, out = result["_base"], result["_faces"], {}
+    out = {}
     for attr in attrs:
-        slots = faces.get((attr, True))
+        slots = result.faces.slots.get((attr, True))
         if slots is None or len(slots) == 0:
             continue
         z = torch.from_numpy(base.mu[latent_name][slots[0]]).float().to(_device_of(latent.model))  # (D,)
@@ -605,7 +734,7 @@ class AuditInputs:
     record: dict[str, str]  # input names and hashes for report.json
 
 
-def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], config: AuditConfig,
+def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], config: AuditConfig, *,
                 pca_bundle: str | None = None, pca_bank: str | None = None,
                 progress: bool = True, allow_bank_mismatch: bool = False) -> AuditInputs:
     """Open and cross-check the inputs. Several judge folders make a committee (the mean of their
@@ -655,41 +784,48 @@ def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], 
     return AuditInputs(c, latents, jd, bk, record)
 
 
-def compute(inputs: AuditInputs, config: AuditConfig, runner: Runner | None = None,
-            progress: bool = True, device: str = "cpu") -> tuple[dict[str, Any], dict[str, bytes]]:
+def compute(inputs: AuditInputs, config: AuditConfig,
+            execution: Execution = Execution()) -> tuple[AuditResult, dict[str, bytes]]:
     """The audit's numbers and its Figure-7 strips (attr -> PNG bytes), ready for write_report."""
     import dataclasses
 
     if not config.attributes:
         config = dataclasses.replace(config, attributes=default_attributes(inputs.cache))
     j = inputs.judge
-    result = run_audit(inputs.cache, inputs.latents, j.model, j.auc, j.min_auc, config, runner,
-                       progress, device)
-    result["judge"]["members"] = max(len(j.members), 1)
-    result["bank_cells"] = bank_cells(inputs.bank, result["attributes"])
+    result, base = run_audit(inputs.cache, inputs.latents, j.model, j.auc, j.min_auc, config,
+                             execution=execution)
+    result = dataclasses.replace(
+        result, judge=dataclasses.replace(result.judge, members=max(len(j.members), 1)),
+        bank_cells=bank_cells(inputs.bank, result.attributes))
     methods = [m for m in ("naive", "balanced") if m in config.methods] or list(config.methods)[:2]
     tops = top_leaking(result, config.strips, "vae", methods[0])
-    strips = strip_images(result, inputs.latents["vae"], tops, config.methods)
+    strips = strip_images(result, base, inputs.latents["vae"], tops, config.methods)
     return result, strips
 
 
+@dataclass(frozen=True)
+class AuditRun:
+    """What `audit_folders` did: the numbers (written to the report) and how long scoring took
+    (not written, so the report regenerates byte for byte)."""
+
+    result: AuditResult
+    seconds: float  # loading and the PCA fit excluded
+    faces_per_s: float  # edited faces scored per second
+
+
 def audit_folders(bundle: str, bank: str, cache: str, judge: str | Sequence[str], out: str,
-                  config: AuditConfig = AuditConfig(), runner: Runner | None = None,
-                  progress: bool = True, device: str = "cpu", pca_bundle: str | None = None,
-                  pca_bank: str | None = None, allow_bank_mismatch: bool = False) -> dict[str, Any]:
-    """`faceedit audit`: load the inputs, audit, write the report folder at `out`. Returns the
-    result, with "seconds" and "faces_per_s" (edited faces scored per second, PCA fit excluded),
-    which are not written into the report (it regenerates byte for byte)."""
+                  config: AuditConfig = AuditConfig(), *, execution: Execution = Execution(),
+                  pca_bundle: str | None = None, pca_bank: str | None = None,
+                  allow_bank_mismatch: bool = False) -> AuditRun:
+    """`faceedit audit`: load the inputs, audit, write the report folder at `out`."""
     import time
 
     from faceedit.report import write_report
 
-    inputs = load_inputs(bundle, bank, cache, judge, config, pca_bundle, pca_bank, progress,
-                         allow_bank_mismatch)
+    inputs = load_inputs(bundle, bank, cache, judge, config, pca_bundle=pca_bundle, pca_bank=pca_bank,
+                         progress=execution.progress, allow_bank_mismatch=allow_bank_mismatch)
     start = time.perf_counter()
-    result, strips = compute(inputs, config, runner, progress, device)
+    result, strips = compute(inputs, config, execution)
     seconds = time.perf_counter() - start
     write_report(out, result, inputs.record, strips)
-    result["seconds"] = seconds
-    result["faces_per_s"] = result["edited_images"] / max(seconds, 1e-9)
-    return result
+    return AuditRun(result, seconds, result.edited_images / max(seconds, 1e-9))

@@ -379,7 +379,7 @@ def _add_audit(p: argparse.ArgumentParser) -> None:
 def _run_audit(args: argparse.Namespace) -> int:
     import json
 
-    from faceedit.audit import AuditConfig, audit_folders
+    from faceedit.audit import AuditConfig, Execution, audit_folders
 
     config = dataclass_from_args(AuditConfig, args)
     runner = None
@@ -387,14 +387,15 @@ def _run_audit(args: argparse.Namespace) -> int:
         from workers.audit import ray_runner
 
         runner = ray_runner(args.workers, progress=not args.quiet, address=args.address)
-    result = audit_folders(str(args.bundle), str(args.bank), str(args.cache), [str(j) for j in args.judge],
-                           str(args.out), config, runner, progress=not args.quiet, device=args.device,
-                           pca_bundle=args.pca_bundle and str(args.pca_bundle),
-                           pca_bank=args.pca_bank and str(args.pca_bank),
-                           allow_bank_mismatch=args.allow_bank_mismatch)
+    run = audit_folders(str(args.bundle), str(args.bank), str(args.cache), [str(j) for j in args.judge],
+                        str(args.out), config,
+                        execution=Execution(runner, device=args.device, progress=not args.quiet),
+                        pca_bundle=args.pca_bundle and str(args.pca_bundle),
+                        pca_bank=args.pca_bank and str(args.pca_bank),
+                        allow_bank_mismatch=args.allow_bank_mismatch)
     print(f"wrote {args.out}: " + json.dumps({
-        "attributes": len(result["attributes"]), "edited_images": result["edited_images"],
-        "seconds": round(result["seconds"], 1), "faces_per_s": round(result["faces_per_s"], 1)}))
+        "attributes": len(run.result.attributes), "edited_images": run.result.edited_images,
+        "seconds": round(run.seconds, 1), "faces_per_s": round(run.faces_per_s, 1)}))
     return 0
 
 

@@ -259,11 +259,11 @@ def _judge(cache: Path, out: Path, config: Any, train: Any) -> None:
 
 
 def _audit(paths: dict[str, Path], out: Path, config: Any, device: str) -> None:
-    from faceedit.audit import audit_folders
+    from faceedit.audit import Execution, audit_folders
 
-    result = audit_folders(str(paths["bundle"]), str(paths["bank"]), str(paths["cache"]),
-                           str(paths["judge"]), str(out), config, device=device)
-    print(f"audit: {result['faces_per_s']:.0f} edited faces scored per second")
+    run = audit_folders(str(paths["bundle"]), str(paths["bank"]), str(paths["cache"]),
+                        str(paths["judge"]), str(out), config, execution=Execution(device=device))
+    print(f"audit: {run.faces_per_s:.0f} edited faces scored per second")
 
 
 def _figures(paths: dict[str, Path], out: Path, faces: int = 8, seed: int = 0) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import html
 import io
 import json
@@ -21,10 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
+from faceedit.audit import AuditResult, EditStats
 from faceedit.files import atomic_dir
-
-# (40,) arrays in an edit's stats
-PER_ATTRIBUTE = ("leakage", "leakage_se", "leakage_within", "ad", "leakage_vs_original")
 
 
 # ---------------------------------------------------------------------------- json
@@ -46,8 +45,7 @@ def _by_attr(values: Any) -> dict[str, Any]:
 
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(_alpha_key(k) if isinstance(k, float) else k): _jsonable(v)
-                for k, v in x.items() if not str(k).startswith("_")}
+        return {str(_alpha_key(k) if isinstance(k, float) else k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, np.ndarray):
         return _jsonable(x.tolist())
     if isinstance(x, (list, tuple)):
@@ -61,116 +59,120 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def report_document(result: dict[str, Any], inputs: dict[str, Any]) -> dict[str, Any]:
+def report_document(result: AuditResult, inputs: dict[str, Any]) -> dict[str, Any]:
     """The JSON document: settings, inputs (paths and hashes), every number of the audit."""
+    judge, bias = result.judge, result.bias
     doc = {
         "format": 1,
         "inputs": inputs,
-        "settings": result["settings"],
-        "attributes": result["attributes"],
-        "judge": {"members": result["judge"].get("members", 1),
-                  "min_auc": result["judge"]["min_auc"], "auc": _by_attr(result["judge"]["auc"]),
-                  "can_judge": _by_attr(result["judge"]["can_judge"]),
-                  "cannot_judge": [a for a, ok in zip(ATTRIBUTES, result["judge"]["can_judge"]) if not ok]},
-        "logit_sd": _by_attr(result["logit_sd"]),
-        "faces": {"table": result["faces"]["table"], "per_attribute": result["faces"]["per_attribute"]},
-        "edited_images": result["edited_images"],
+        "settings": result.settings.to_dict(),
+        "attributes": list(result.attributes),
+        "judge": {"members": judge.members, "min_auc": judge.min_auc, "auc": _by_attr(judge.auc),
+                  "can_judge": _by_attr(judge.can_judge), "cannot_judge": cannot_judge(result)},
+        "logit_sd": _by_attr(result.logit_sd),
+        "faces": {"table": len(result.faces.rows),
+                  "per_attribute": {a: result.faces.counts(a) for a in result.attributes}},
+        "edited_images": result.edited_images,
         "latents": {},
-        "bias": {"split": result["bias"]["split"], "faces": result["bias"]["faces"],
-                 "rates": _by_attr(result["bias"]["rates"]),
-                 "rates_all": _by_attr(result["bias"]["rates_all"]),
-                 "phi": {"attributes": list(ATTRIBUTES), "matrix": _jsonable(result["bias"]["phi"])},
-                 "vectors": result.get("bank_cells", {})},
+        "bias": {"split": bias.split, "faces": bias.faces, "rates": _by_attr(bias.rates),
+                 "rates_all": _by_attr(bias.rates_all),
+                 "phi": {"attributes": list(ATTRIBUTES), "matrix": _jsonable(bias.phi)},
+                 "vectors": result.bank_cells},
         "verdicts": verdicts(result),
         "vae_vs_pca": latent_comparison(result),
         "vae_vs_pca_within": latent_comparison(result, key="leak_mean_within"),
     }
-    for name, lat in result["latents"].items():
+    for name, lat in result.latents.items():
         edits = {}
-        for attr, by_method in lat["edits"].items():
+        for attr, by_method in lat.edits.items():
             edits[attr] = {m: {_alpha_key(a): _edit_json(s) for a, s in by_alpha.items()}
                            for m, by_alpha in by_method.items()}
-        rec = lat["reconstruction"]
-        doc["latents"][name] = {"feature_scale": _num(lat["feature_scale"]),
-                                "reconstruction": {k: _by_attr(v) for k, v in rec.items()},
+        rec = lat.reconstruction
+        doc["latents"][name] = {"feature_scale": _num(lat.feature_scale),
+                                "reconstruction": {f.name: _by_attr(getattr(rec, f.name))
+                                                   for f in dataclasses.fields(rec)},
                                 "edits": edits}
     return _jsonable(doc)
 
 
-def _edit_json(s: dict[str, Any]) -> dict[str, Any]:
-    return {k: (_by_attr(v) if k in PER_ATTRIBUTE else _jsonable(v)) for k, v in s.items()}
+def _edit_json(s: EditStats) -> dict[str, Any]:
+    return {f.name: (_by_attr(v) if f.name in EditStats.PER_ATTRIBUTE else _jsonable(v))
+            for f in dataclasses.fields(s) for v in [getattr(s, f.name)]}
+
+
+def cannot_judge(result: AuditResult) -> list[str]:
+    """The attributes the judge cannot judge, in ATTRIBUTES order."""
+    return [a for a, ok in result.can().items() if not ok]
 
 
 # ---------------------------------------------------------------------------- verdicts
 
-def headline(result: dict[str, Any], latent: str = "vae") -> dict[str, dict[str, dict]]:
-    """{attr: {method: stats at the headline strength}} of one latent model."""
-    alpha = float(result["settings"]["headline"])
-    return {a: {m: by_alpha[alpha] for m, by_alpha in by_method.items() if alpha in by_alpha}
-            for a, by_method in result["latents"].get(latent, {}).get("edits", {}).items()}
-
-
 WEAK_EFFICACY = 0.1  # a verdict whose best method changes P(attribute) less says the edit barely works
 
 
-def best_method(by_method: dict[str, dict]) -> str:
+def best_method(by_method: dict[str, EditStats]) -> str:
     """The method with the least mean leakage among those reaching 90% of the best efficacy
     (efficacy per leakage: an edit that barely works leaks little for a poor reason)."""
-    eff = {m: s["efficacy"] for m, s in by_method.items()}
+    eff = {m: s.efficacy for m, s in by_method.items()}
     top = max(eff.values())
     ok = [m for m in by_method if eff[m] >= 0.9 * top] or list(by_method)
-    return min(ok, key=lambda m: (_finite(by_method[m]["leak_mean"]), list(by_method).index(m)))
+    return min(ok, key=lambda m: (_finite(by_method[m].leak_mean), list(by_method).index(m)))
 
 
 def _finite(x: float) -> float:
     return x if x is not None and math.isfinite(x) else math.inf
 
 
-def verdicts(result: dict[str, Any], latent: str = "vae") -> dict[str, dict[str, Any]]:
+def verdicts(result: AuditResult, latent: str = "vae") -> dict[str, dict[str, Any]]:
     """Per attribute: a one-line verdict, the recommended method, the naive vector's most leaked
     attribute and how much each method leaks into it."""
-    can = dict(zip(ATTRIBUTES, np.asarray(result["judge"]["can_judge"]).tolist()))
-    auc = dict(zip(ATTRIBUTES, np.asarray(result["judge"]["auc"], np.float64).tolist()))
+    can = result.can()
+    auc = dict(zip(ATTRIBUTES, np.asarray(result.judge.auc, np.float64).tolist()))
     out = {}
-    for attr, by_method in headline(result, latent).items():
+    for attr, by_method in result.headline(latent).items():
         if not by_method:
             continue
         best = best_method(by_method)
         ref = "naive" if "naive" in by_method else next(iter(by_method))
-        named = _named_leaks(by_method[ref], result.get("bank_cells", {}).get(attr, {}).get("confounders"), can)
+        named = _named_leaks(by_method[ref], confounders(result, attr), can)
         s = by_method[best]
-        line = f"{attr}, {best}: {s['efficacy']:+.2f} P({attr})"
+        line = f"{attr}, {best}: {s.efficacy:+.2f} P({attr})"
         for i, b in enumerate(named):
             k = attribute_index(b)
-            se = s.get("leakage_se", [math.nan] * len(ATTRIBUTES))[k]
-            line += (f", {b}{' leakage' if i == 0 else ''} {abs(s['leakage'][k]):.2f}"
+            se = s.leakage_se[k]
+            line += (f", {b}{' leakage' if i == 0 else ''} {abs(s.leakage[k]):.2f}"
                      f"{f' ± {se:.2f}' if se is not None and math.isfinite(se) else ''} sd vs "
-                     f"{abs(by_method[ref]['leakage'][k]):.2f} sd {ref}")
-        top = s["leak_max_attribute"]
+                     f"{abs(by_method[ref].leakage[k]):.2f} sd {ref}")
+        top = s.leak_max_attribute
         if top is not None and top not in named:
-            line += f"; its largest: {top} {s['leak_max']:.2f} sd"
+            line += f"; its largest: {top} {s.leak_max:.2f} sd"
         b = named[0] if named else None
-        strongest = max(abs(v["efficacy"]) for v in by_method.values())
+        strongest = max(abs(v.efficacy) for v in by_method.values())
         if strongest < WEAK_EFFICACY:
             line += (f" [weak: no method changes P({attr}) by {WEAK_EFFICACY} at the headline "
                      "strength, so its leakages say little]")
         if not can[attr]:
             a = auc[attr]
             line += (f" [the judge cannot judge {attr}: AUC "
-                     f"{'n/a' if not math.isfinite(a) else f'{a:.2f}'} < {result['judge']['min_auc']}]")
+                     f"{'n/a' if not math.isfinite(a) else f'{a:.2f}'} < {result.judge.min_auc}]")
         out[attr] = {"text": line, "method": best, "can_judge": bool(can[attr]), "most_leaked": b,
-                     "leak_into_most_leaked": ({m: _num(abs(v["leakage"][attribute_index(b)]))
+                     "leak_into_most_leaked": ({m: _num(abs(v.leakage[attribute_index(b)]))
                                                 for m, v in by_method.items()} if b else {})}
     return out
 
 
-def _named_leaks(ref: dict, confounders: Sequence[str] | None, can: dict[str, bool]) -> list[str]:
+def confounders(result: AuditResult, attr: str) -> list[str] | None:
+    """The confounders attr's balanced vector was balanced over (bank.json), None where unknown."""
+    return result.bank_cells[attr].get("confounders") if attr in result.bank_cells else None
+
+
+def _named_leaks(ref: EditStats, confounders: Sequence[str] | None, can: dict[str, bool]) -> list[str]:
     """The attributes a verdict names: the vector's judgeable confounders (bank.json), else the
     reference vector's most leaked attribute."""
     judged = [c for c in confounders or () if can.get(c)]
     if judged:
         return judged
-    return [ref["leak_max_attribute"]] if ref["leak_max_attribute"] else []
+    return [ref.leak_max_attribute] if ref.leak_max_attribute else []
 
 
 def leak_at_efficacy(points: Sequence[tuple[float, float]], target: float) -> float:
@@ -189,25 +191,25 @@ def leak_at_efficacy(points: Sequence[tuple[float, float]], target: float) -> fl
     return math.nan
 
 
-def latent_comparison(result: dict[str, Any], a: str = "vae", b: str = "pca",
+def latent_comparison(result: AuditResult, a: str = "vae", b: str = "pca",
                       key: str = "leak_mean") -> dict[str, Any]:
     """Mean leakage of each latent's edits at the same efficacy (positive strengths): per method,
     over judgeable attributes, at the smaller of the two latents' largest efficacies. `key`: the
     edit's summary leakage ("leak_mean", or "leak_mean_within" for the within-group one)."""
-    lats = result["latents"]
+    lats = result.latents
     if a not in lats or b not in lats:
         return {}
-    can = dict(zip(ATTRIBUTES, np.asarray(result["judge"]["can_judge"]).tolist()))
+    can = result.can()
     out: dict[str, Any] = {}
-    for method in result["settings"]["methods"]:
+    for method in result.settings.methods:
         rows = []
-        for attr in result["attributes"]:
+        for attr in result.attributes:
             if not can[attr]:
                 continue
             curves = []
             for name in (a, b):
-                by_alpha = lats[name]["edits"].get(attr, {}).get(method, {})
-                curves.append([(by_alpha[s]["efficacy"], by_alpha[s][key])
+                by_alpha = lats[name].strengths(attr, method)
+                curves.append([(by_alpha[s].efficacy, getattr(by_alpha[s], key))
                                for s in sorted(by_alpha) if s > 0])
             if not all(curves):
                 continue
@@ -243,23 +245,23 @@ def sign_test(k: int, n: int) -> float:
 
 # ---------------------------------------------------------------------------- csv
 
-def leakage_csv(result: dict[str, Any]) -> str:
+def leakage_csv(result: AuditResult) -> str:
     """One row per (latent, attribute, method, strength, other attribute)."""
-    can = np.asarray(result["judge"]["can_judge"])
+    can = np.asarray(result.judge.can_judge)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["latent", "attribute", "method", "strength", "other", "leakage_sd", "ad_sd",
                 "leakage_vs_original_sd", "leakage_se_sd", "leakage_within_sd", "attribute_judgeable",
                 "other_judgeable"])
-    for name, lat in result["latents"].items():
-        for attr, by_method in lat["edits"].items():
+    for name, lat in result.latents.items():
+        for attr, by_method in lat.edits.items():
             for method, by_alpha in by_method.items():
                 for alpha, s in by_alpha.items():
                     for k, other in enumerate(ATTRIBUTES):
                         w.writerow([name, attr, method, _alpha_key(alpha), other,
-                                    _fmt(s["leakage"][k]), _fmt(s["ad"][k]),
-                                    _fmt(s["leakage_vs_original"][k]), _fmt(s["leakage_se"][k]),
-                                    _fmt(s["leakage_within"][k]), int(can[attribute_index(attr)]), int(can[k])])
+                                    _fmt(s.leakage[k]), _fmt(s.ad[k]),
+                                    _fmt(s.leakage_vs_original[k]), _fmt(s.leakage_se[k]),
+                                    _fmt(s.leakage_within[k]), int(can[attribute_index(attr)]), int(can[k])])
     return buf.getvalue()
 
 
@@ -285,7 +287,7 @@ def _pyplot():
     return plt
 
 
-def heatmap_png(result: dict[str, Any], latent: str, method: str, vmax: float) -> bytes:
+def heatmap_png(result: AuditResult, latent: str, method: str, vmax: float) -> bytes:
     """Attribute x attribute leakage (signed, sd units) at the headline strength: a row per edited
     attribute, a column per other attribute; the diagonal (the edit's own target) is black, cells
     the judge cannot judge are grey."""
@@ -293,14 +295,14 @@ def heatmap_png(result: dict[str, Any], latent: str, method: str, vmax: float) -
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
-    attrs = result["attributes"]
-    can = np.asarray(result["judge"]["can_judge"])
-    alpha = float(result["settings"]["headline"])
+    attrs = result.attributes
+    can = np.asarray(result.judge.can_judge)
+    alpha = float(result.settings.headline)
     M = np.full((len(attrs), len(ATTRIBUTES)), np.nan)
     for i, a in enumerate(attrs):
-        s = result["latents"][latent]["edits"].get(a, {}).get(method, {}).get(alpha)
+        s = result.latents[latent].edit(a, method, alpha)
         if s is not None:
-            M[i] = s["leakage"]
+            M[i] = s.leakage
     grey = np.zeros_like(M)
     for i, a in enumerate(attrs):
         grey[i, ~can] = 1
@@ -328,20 +330,20 @@ def heatmap_png(result: dict[str, Any], latent: str, method: str, vmax: float) -
     return _png(fig)
 
 
-def efficacy_plot_png(result: dict[str, Any], labelled: Sequence[str] = ("Smiling", "Heavy_Makeup",
+def efficacy_plot_png(result: AuditResult, labelled: Sequence[str] = ("Smiling", "Heavy_Makeup",
                                                                           "Eyeglasses")) -> bytes:
     """Efficacy (change in P(a)) against mean leakage (sd) at the headline strength, one point per
     judgeable attribute and method; a panel per latent model (VAE, PCA) on shared axes."""
     plt = _pyplot()
-    can = np.asarray(result["judge"]["can_judge"])
+    can = np.asarray(result.judge.can_judge)
     colours = {"naive": "#d62728", "balanced": "#1f77b4", "projection": "#2ca02c", "boundary": "#9467bd"}
-    latents = [lat for lat in ("vae", "pca") if lat in result["latents"]]
+    latents = [lat for lat in ("vae", "pca") if lat in result.latents]
     fig, axes = plt.subplots(1, len(latents), figsize=(6 * len(latents), 5), sharex=True, sharey=True,
                              squeeze=False)
     for ax, latent in zip(axes[0], latents):
-        head = headline(result, latent)
-        for method in result["settings"]["methods"]:
-            pts = [(a, s[method]["leak_mean"], s[method]["efficacy"]) for a, s in head.items()
+        head = result.headline(latent)
+        for method in result.settings.methods:
+            pts = [(a, s[method].leak_mean, s[method].efficacy) for a, s in head.items()
                    if method in s and can[attribute_index(a)]]
             pts = [p for p in pts if p[1] is not None and math.isfinite(p[1])]
             if not pts:
@@ -357,36 +359,36 @@ def efficacy_plot_png(result: dict[str, Any], labelled: Sequence[str] = ("Smilin
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
     axes[0][0].set_ylabel("efficacy: change in P(attribute)")
-    fig.suptitle(f"Efficacy vs leakage at alpha {float(result['settings']['headline']):+g}, one point "
+    fig.suptitle(f"Efficacy vs leakage at alpha {float(result.settings.headline):+g}, one point "
                  "per attribute and method", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
 
-def phi_png(result: dict[str, Any]) -> bytes:
+def phi_png(result: AuditResult) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 8))
-    im = ax.imshow(np.asarray(result["bias"]["phi"], np.float64), cmap="RdBu_r", vmin=-1, vmax=1,
+    im = ax.imshow(np.asarray(result.bias.phi, np.float64), cmap="RdBu_r", vmin=-1, vmax=1,
                    interpolation="nearest")
     ax.set_xticks(range(len(ATTRIBUTES)), ATTRIBUTES, rotation=90, fontsize=6)
     ax.set_yticks(range(len(ATTRIBUTES)), ATTRIBUTES, fontsize=6)
-    ax.set_title(f"phi between labels ({result['bias']['split']} split, {result['bias']['faces']} faces)",
+    ax.set_title(f"phi between labels ({result.bias.split} split, {result.bias.faces} faces)",
                  fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.04)
     fig.tight_layout()
     return _png(fig)
 
 
-def figures(result: dict[str, Any]) -> dict[str, bytes]:
+def figures(result: AuditResult) -> dict[str, bytes]:
     """file name -> PNG bytes: a heatmap per latent and method, the plot, the phi matrix."""
-    alpha = float(result["settings"]["headline"])
-    vals = [abs(v) for lat in result["latents"].values() for bm in lat["edits"].values()
-            for ba in bm.values() if alpha in ba for v in np.asarray(ba[alpha]["leakage"])[
-                np.asarray(result["judge"]["can_judge"])] if math.isfinite(v)]
+    alpha = float(result.settings.headline)
+    vals = [abs(v) for lat in result.latents.values() for bm in lat.edits.values()
+            for ba in bm.values() if alpha in ba for v in np.asarray(ba[alpha].leakage)[
+                np.asarray(result.judge.can_judge)] if math.isfinite(v)]
     vmax = float(np.percentile(vals, 99)) if vals else 1.0
     vmax = max(round(vmax, 1), 0.1)
     out = {f"heatmap_{lat}_{m}.png": heatmap_png(result, lat, m, vmax)
-           for lat in result["latents"] for m in result["settings"]["methods"]}
+           for lat in result.latents for m in result.settings.methods}
     out["efficacy_leakage.png"] = efficacy_plot_png(result)
     out["phi.png"] = phi_png(result)
     return out
@@ -394,7 +396,7 @@ def figures(result: dict[str, Any]) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------------------- writing
 
-def write_report(out: str | Path, result: dict[str, Any], inputs: dict[str, Any],
+def write_report(out: str | Path, result: AuditResult, inputs: dict[str, Any],
                  strips: dict[str, bytes] | None = None) -> Path:
     """Write the whole report folder at `out` (atomically) and return it."""
     strips = strips or {}
@@ -409,7 +411,7 @@ def write_report(out: str | Path, result: dict[str, Any], inputs: dict[str, Any]
         (tmp / "leakage.csv").write_text(leakage_csv(result))
         for name, data in pngs.items():
             (tmp / name).write_bytes(data)
-        (tmp / "report.html").write_text(render_html(doc, pngs, list(strips)))
+        (tmp / "report.html").write_text(render_html(result, inputs, pngs, list(strips)))
     return out
 
 
@@ -434,6 +436,9 @@ td.l,th.l{text-align:left}.cj{color:#aaa}.cj td{color:#aaa}.good{color:#2a7}.bad
 
 
 def _f(x: Any, digits: int = 2, sign: bool = False) -> str:
+    """A number as the report shows it: first rounded as report.json holds it (`_num`), so the page
+    and the json agree to the digit; n/a for None, NaN or inf."""
+    x = None if x is None else _num(x)
     if x is None:
         return "n/a"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
@@ -454,20 +459,21 @@ def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
     return f'<p><img alt="{esc(alt)}" src="{data_uri(pngs[name])}"></p>' if name in pngs else ""
 
 
-def render_html(doc: dict[str, Any], pngs: dict[str, bytes], strips: Sequence[str]) -> str:
-    """The self-contained page (every image inlined as base64) from the report's JSON document."""
-    can = doc["judge"]["can_judge"]
+def render_html(result: AuditResult, inputs: dict[str, Any], pngs: dict[str, bytes],
+                strips: Sequence[str]) -> str:
+    """The self-contained page (every image inlined as base64): the audit's numbers as report.json
+    rounds them, its figures and strips."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceedit audit</title>"
              f"<style>{CSS}</style></head><body><h1>faceedit attribute-bias audit</h1>"]
-    parts.append(_summary_html(doc))
+    parts.append(_summary_html(result, inputs))
     parts.append("<h2>Verdicts</h2><p class='note'>At the headline strength; the recommended method "
                  "has the least mean leakage among those within 90% of the best efficacy. Weak: no "
                  f"method changes P(attribute) by {WEAK_EFFICACY}. Grey: the judge cannot judge the "
                  "attribute, so its numbers are not evidence.</p>")
     parts.append(_table(["verdict"], [([esc(v["text"])], not v["can_judge"])
-                                      for v in doc["verdicts"].values()]))
-    parts.append(_edits_html(doc))
-    parts.append(_comparison_html(doc))
+                                      for v in verdicts(result).values()]))
+    parts.append(_edits_html(result))
+    parts.append(_comparison_html(result))
     parts.append("<h2>Leakage heatmaps</h2>")
     for name in pngs:  # in the order `figures` made them: VAE methods, then PCA
         if name.startswith("heatmap_"):
@@ -479,23 +485,23 @@ def render_html(doc: dict[str, Any], pngs: dict[str, bytes], strips: Sequence[st
                      "per method (White 2016, Figure 7).</p>")
         for attr in strips:
             parts.append(f"<h3>{esc(attr)}</h3>" + _img(pngs, f"strip_{attr}.png", attr))
-    parts.append(_judge_html(doc))
-    parts.append(_bias_html(doc, pngs))
+    parts.append(_judge_html(result))
+    parts.append(_bias_html(result, pngs))
     parts.append("</body></html>\n")
     return "".join(parts)
 
 
-def _summary_html(doc: dict[str, Any]) -> str:
-    st = doc["settings"]
-    items = [("attributes audited", len(doc["attributes"])), ("methods", ", ".join(st["methods"])),
-             ("strengths", ", ".join(f"{s:+g}" for s in st["strengths"])),
-             ("headline strength", f"{st['headline']:+g}"),
-             ("faces per attribute and side (at most)", st["faces"]), ("split", st["split"]),
-             ("held-out faces scored", doc["faces"]["table"]), ("edited images scored", doc["edited_images"]),
-             ("judge: attributes it cannot judge", ", ".join(doc["judge"]["cannot_judge"]) or "none"),
-             ("seed", st["seed"])]
+def _summary_html(result: AuditResult, inputs: dict[str, Any]) -> str:
+    st = result.settings
+    items = [("attributes audited", len(result.attributes)), ("methods", ", ".join(st.methods)),
+             ("strengths", ", ".join(f"{s:+g}" for s in st.strengths)),
+             ("headline strength", f"{st.headline:+g}"),
+             ("faces per attribute and side (at most)", st.faces), ("split", st.split),
+             ("held-out faces scored", len(result.faces.rows)), ("edited images scored", result.edited_images),
+             ("judge: attributes it cannot judge", ", ".join(cannot_judge(result)) or "none"),
+             ("seed", st.seed)]
     rows = [([esc(k), esc(v)], False) for k, v in items]
-    rows += [([esc(f"input {k}"), f"<code>{esc(v)}</code>"], False) for k, v in sorted(doc["inputs"].items())]
+    rows += [([esc(f"input {k}"), f"<code>{esc(v)}</code>"], False) for k, v in sorted(inputs.items())]
     return ("<p class='note'>Leakage of an edit into attribute b: the mean change of the judge's "
             "logit of b between the edited and the unedited reconstruction, in units of b's logit "
             "standard deviation over the held-out originals (Attribute Dependency, Wu et al. 2021). "
@@ -504,42 +510,43 @@ def _summary_html(doc: dict[str, Any]) -> str:
             "and PSNR against the unedited reconstruction.</p>" + _table(["setting", "value"], rows, 2))
 
 
-def _edits_html(doc: dict[str, Any]) -> str:
-    alpha = _alpha_key(float(doc["settings"]["headline"]))
-    lats = doc["latents"]
+def _edits_html(result: AuditResult) -> str:
+    alpha = float(result.settings.headline)
+    vae, pca = result.latents.get("vae"), result.latents.get("pca")
+    can = result.can()
     rows = []
-    for attr in doc["attributes"]:
-        naive = lats.get("vae", {}).get("edits", {}).get(attr, {}).get("naive", {}).get(alpha) or {}
-        ref = naive.get("leak_max_attribute")
-        conf = (doc["bias"].get("vectors") or {}).get(attr, {}).get("confounders", [])
-        for method in doc["settings"]["methods"]:
-            s = lats.get("vae", {}).get("edits", {}).get(attr, {}).get(method, {}).get(alpha)
+    for attr in result.attributes:
+        naive = vae.edit(attr, "naive", alpha) if vae is not None else None
+        ref = naive.leak_max_attribute if naive is not None else None
+        conf = confounders(result, attr) or []
+        for method in result.settings.methods:
+            s = vae.edit(attr, method, alpha) if vae is not None else None
             if s is None:
                 continue
-            p = lats.get("pca", {}).get("edits", {}).get(attr, {}).get(method, {}).get(alpha)
-            cells = [esc(attr), esc(method), _f(s["efficacy"], 2, True), _f(s["flip"]),
-                     _f(s["target_sd"], 2, True), _f(s["leak_mean"], 3), _f(s["leak_max"], 2),
-                     esc(s["leak_max_attribute"] or ""),
-                     (f"{esc(ref)} {_f(s['leakage'][ref], 2, True)}" if ref else ""),
-                     "<br>".join(f"{esc(c)} {_f(s['leakage'][c], 2, True)}" for c in conf),
-                     _f(s["leak_mean_vs_original"], 3), _f(s["identity_feature"]), _f(s["psnr"], 1)]
-            cells += [_f(p["efficacy"], 2, True), _f(p["leak_mean"], 3)] if p else ["", ""]
-            rows.append((cells, not doc["judge"]["can_judge"][attr]))
-    return (f"<h2>Edits at alpha {alpha}</h2>" + _table(
+            p = pca.edit(attr, method, alpha) if pca is not None else None
+            cells = [esc(attr), esc(method), _f(s.efficacy, 2, True), _f(s.flip),
+                     _f(s.target_sd, 2, True), _f(s.leak_mean, 3), _f(s.leak_max, 2),
+                     esc(s.leak_max_attribute or ""),
+                     (f"{esc(ref)} {_f(s.leakage[attribute_index(ref)], 2, True)}" if ref else ""),
+                     "<br>".join(f"{esc(c)} {_f(s.leakage[attribute_index(c)], 2, True)}" for c in conf),
+                     _f(s.leak_mean_vs_original, 3), _f(s.identity_feature), _f(s.psnr, 1)]
+            cells += [_f(p.efficacy, 2, True), _f(p.leak_mean, 3)] if p is not None else ["", ""]
+            rows.append((cells, not can[attr]))
+    return (f"<h2>Edits at alpha {_alpha_key(alpha)}</h2>" + _table(
         ["attribute", "method", "&Delta;P(a)", "flip", "&Delta;a (sd)", "leak mean (sd)", "leak max",
          "into", "naive's most leaked (sd)", "into its confounders (sd)", "leak mean vs original", "identity", "PSNR dB",
          "PCA &Delta;P(a)", "PCA leak mean"], rows, 2))
 
 
-def _comparison_html(doc: dict[str, Any]) -> str:
-    comp = doc.get("vae_vs_pca") or {}
+def _comparison_html(result: AuditResult) -> str:
+    comp = latent_comparison(result)
     if not comp:
         return ""
     rows = []
-    for label, table in (("", comp), (", within groups", doc.get("vae_vs_pca_within") or {})):
+    for label, table in (("", comp), (", within groups", latent_comparison(result, key="leak_mean_within"))):
         rows += [([esc(m + label), str(c["attributes"]), _f(c["vae_mean_leakage"], 3),
-                   _f(c["pca_mean_leakage"], 3), _pm(c.get("difference"), c.get("difference_se")),
-                   f"{c['vae_cleaner']} of {c['attributes']}", _f(c.get("sign_test_p"), 3)], False)
+                   _f(c["pca_mean_leakage"], 3), _pm(c["difference"], c["difference_se"]),
+                   f"{c['vae_cleaner']} of {c['attributes']}", _f(c["sign_test_p"], 3)], False)
                  for m, c in table.items()]
     return ("<h2>VAE vs PCA latent at the same efficacy</h2><p class='note'>Mean leakage of each "
             "latent's edits where both reach the same change in P(a) (the smaller of the two "
@@ -559,32 +566,33 @@ def _pm(value: float | None, se: float | None) -> str:
     return f"{value:+.3f}" + (f" &plusmn; {se:.3f}" if se is not None else "")
 
 
-def _judge_html(doc: dict[str, Any]) -> str:
-    j = doc["judge"]
-    rec = {k: v.get("reconstruction", {}) for k, v in doc["latents"].items()}
+def _judge_html(result: AuditResult) -> str:
+    j = result.judge
+    can = result.can()
+    rec = {name: lat.reconstruction for name, lat in result.latents.items()}
     header = ["attribute", "judge AUC (val)", "rate (train)"]
     for lat in rec:
         header += [f"{lat.upper()} AUC on recon.", f"{lat.upper()} recon. shift (sd)"]
     rows = []
-    for a in ATTRIBUTES:
-        cells = [esc(a) + ("" if j["can_judge"][a] else " (cannot judge)"), _f(j["auc"][a], 3),
-                 _f(doc["bias"]["rates"][a], 3)]
+    for k, a in enumerate(ATTRIBUTES):
+        cells = [esc(a) + ("" if can[a] else " (cannot judge)"), _f(j.auc[k], 3),
+                 _f(result.bias.rates[k], 3)]
         for lat, r in rec.items():
-            cells += [_f(r.get("auc_reconstruction", {}).get(a), 3), _f(r.get("shift", {}).get(a), 2, True)]
-        rows.append((cells, not j["can_judge"][a]))
-    who = ("An image classifier independent of the VAE" if j.get("members", 1) == 1 else
-           f"A committee of {j['members']} image classifiers independent of the VAE, trained alike "
+            cells += [_f(r.auc_reconstruction[k], 3), _f(r.shift[k], 2, True)]
+        rows.append((cells, not can[a]))
+    who = ("An image classifier independent of the VAE" if j.members == 1 else
+           f"A committee of {j.members} image classifiers independent of the VAE, trained alike "
            "from different seeds, scoring with the mean of their logits (AUC: the committee's)")
     return (f"<h2>The judge</h2><p class='note'>{who}; "
-            f"attributes with held-out AUC below {j['min_auc']} cannot be judged and are greyed out "
+            f"attributes with held-out AUC below {_jsonable(j.min_auc)} cannot be judged and are greyed out "
             "everywhere. The reconstruction columns show what encoding and decoding alone do to "
             "each attribute (the judge's AUC on reconstructions of the audited faces, and the mean "
             "logit shift from the original).</p>" + _table(header, rows))
 
 
-def _bias_html(doc: dict[str, Any], pngs: dict[str, bytes]) -> str:
+def _bias_html(result: AuditResult, pngs: dict[str, bytes]) -> str:
     out = ["<h2>Dataset bias</h2>", _img(pngs, "phi.png", "phi matrix")]
-    vec = doc["bias"].get("vectors") or {}
+    vec = _jsonable(result.bank_cells)  # bank.json's record of each vector, as report.json holds it
     rows = []
     for attr, rec in vec.items():
         cells_txt = "; ".join(

@@ -4,6 +4,7 @@ A vector that is deliberately Male + Smiling must be reported as leaking into Ma
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
-from faceedit.audit import (AuditConfig, Latent, attribute_rates, choose_faces, edit_stats,
+from faceedit.audit import (AuditConfig, EditScores, EditStats, Execution, Latent, attribute_rates, choose_faces, edit_stats,
                             phi_matrix, run_audit, top_leaking)
 from faceedit.cache import Cache, write_arrays
 from faceedit.report import latent_comparison, leak_at_efficacy, sign_test, verdicts, write_report
@@ -105,7 +106,7 @@ def world(tmp_path_factory):
 
 def audit(cache, auc=AUC, config=CONFIG, runner=None):
     return run_audit(cache, {"vae": Latent(LinearLatent(), Bank())}, LinearJudge(), auc, 0.75,
-                     config, runner=runner, progress=False)
+                     config, execution=Execution(runner, progress=False))[0]
 
 
 def test_bias_statistics_match_numpy():
@@ -134,21 +135,21 @@ def test_faces_are_chosen_by_side_and_seed(world):
 
 def test_a_vector_that_is_male_plus_smiling_is_reported_as_leaking_into_male(world):
     result = audit(world)
-    edits = result["latents"]["vae"]["edits"]["Smiling"]
+    edits = result.latents["vae"].edits["Smiling"]
     male = attribute_index("Male")
     naive, balanced = edits["naive"][2.0], edits["balanced"][2.0]
     # The judge's Male logit moves by 4 * alpha = 8 in the naive edit; its sd over the faces is
     # 4 * sd(z_Male) ~ 2, so the leak is about 4 sd; the balanced vector leaves Male exactly alone.
-    assert naive["leak_max_attribute"] == "Male"
-    assert naive["leakage"][male] == pytest.approx(8 / result["logit_sd"][male], rel=0.02)
-    assert abs(balanced["leakage"][male]) < 0.02
-    assert naive["efficacy"] > 0.3 and balanced["efficacy"] == pytest.approx(naive["efficacy"], abs=1e-6)
+    assert naive.leak_max_attribute == "Male"
+    assert naive.leakage[male] == pytest.approx(8 / result.logit_sd[male], rel=0.02)
+    assert abs(balanced.leakage[male]) < 0.02
+    assert naive.efficacy > 0.3 and balanced.efficacy == pytest.approx(naive.efficacy, abs=1e-6)
     # Removing the attribute (alpha = -2, faces with Smiling): the leak changes sign.
-    assert edits["naive"][-2.0]["leakage"][male] < -1
-    assert edits["naive"][-2.0]["efficacy"] < -0.3
+    assert edits["naive"][-2.0].leakage[male] < -1
+    assert edits["naive"][-2.0].efficacy < -0.3
     # Identity: the naive edit moves the face further in the judge's features.
-    assert naive["identity_feature"] > balanced["identity_feature"] > 0
-    assert naive["psnr"] < balanced["psnr"]
+    assert naive.identity_feature > balanced.identity_feature > 0
+    assert naive.psnr < balanced.psnr
     text = verdicts(result)["Smiling"]["text"]
     assert text.startswith("Smiling, balanced:") and "Male leakage 0.00 ± 0.00 sd vs" in text
     assert top_leaking(result, 1) == ["Smiling"]
@@ -158,7 +159,7 @@ def test_an_edit_that_barely_works_is_called_weak(world):
     # Bald has no axis in this world: every method's vector is zero and P(Bald) cannot move
     result = audit(world, config=AuditConfig(attributes=("Smiling", "Bald"), faces=16, pca=False,
                                              methods=("naive", "balanced"), strengths=(2.0,)))
-    assert result["latents"]["vae"]["edits"]["Bald"]["naive"][2.0]["efficacy"] == 0
+    assert result.latents["vae"].edit("Bald", "naive", 2.0).efficacy == 0
     v = verdicts(result)
     assert "[weak: no method changes P(Bald) by 0.1" in v["Bald"]["text"]
     assert "weak" not in v["Smiling"]["text"]
@@ -169,10 +170,10 @@ def test_an_attribute_the_judge_cannot_judge_is_marked_not_used(world, tmp_path)
     auc[attribute_index("Male")] = 0.6
     result = audit(world, auc, config=AuditConfig(attributes=("Smiling", "Male"), faces=16, pca=False,
                                                   methods=("naive", "balanced"), strengths=(2.0,)))
-    naive = result["latents"]["vae"]["edits"]["Smiling"]["naive"][2.0]
-    assert naive["leak_max_attribute"] != "Male"  # left out of the summaries...
-    assert naive["leak_max"] < 0.05
-    assert abs(naive["leakage"][attribute_index("Male")]) > 1  # ...but kept, and reported
+    naive = result.latents["vae"].edit("Smiling", "naive", 2.0)
+    assert naive.leak_max_attribute != "Male"  # left out of the summaries...
+    assert naive.leak_max < 0.05
+    assert abs(naive.leakage[attribute_index("Male")]) > 1  # ...but kept, and reported
     v = verdicts(result)["Male"]
     assert not v["can_judge"] and "cannot judge Male: AUC 0.60 < 0.75" in v["text"]
     out = write_report(tmp_path / "r", result, {"test": "constructed"})
@@ -199,6 +200,17 @@ def test_report_regenerates_byte_for_byte(world, tmp_path):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
     assert b"Software" not in (a / "phi.png").read_bytes()
     assert "data:image/png;base64," in (a / "report.html").read_text()
+    # report.json holds every field of the typed result's edit stats, and nothing private
+    doc = json.loads((a / "report.json").read_text())
+    edit = doc["latents"]["vae"]["edits"]["Smiling"]["naive"]["+2"]
+    assert set(edit) == {f.name for f in dataclasses.fields(EditStats)}
+    assert len(edit["leakage"]) == len(ATTRIBUTES) and edit["leakage"]["Male"] is not None
+    assert set(doc["latents"]["vae"]["reconstruction"]) == {"shift", "auc_original", "auc_reconstruction"}
+
+    def keys(x):
+        return ([k for k, v in x.items() for k in [k, *keys(v)]] if isinstance(x, dict)
+                else [k for v in x for k in keys(v)] if isinstance(x, list) else [])
+    assert not [k for k in keys(doc) if k.startswith("_")]
 
 
 def test_vae_vs_pca_compares_leakage_at_the_same_efficacy():
@@ -219,7 +231,7 @@ def test_pca_latent_runs_beside_the_vae(world):
             return v
 
     result = run_audit(world, {"vae": Latent(LinearLatent(), Bank()), "pca": Latent(LinearLatent(), Dirty())},
-                       LinearJudge(), AUC, 0.75, CONFIG, progress=False)
+                       LinearJudge(), AUC, 0.75, CONFIG, execution=Execution(progress=False))[0]
     comp = latent_comparison(result)
     c = comp["balanced"]
     assert c["vae_mean_leakage"] < c["pca_mean_leakage"]
@@ -244,12 +256,13 @@ def test_ray_workers_give_the_same_numbers(world):
     config = AuditConfig(attributes=("Smiling",), faces=24, batch_size=8, pca=False, strengths=(2.0,))
     local = audit(world, config=config)
     remote = audit(world, config=config, runner=ray_runner(2, progress=False))
-    a, b = local["latents"]["vae"]["edits"]["Smiling"], remote["latents"]["vae"]["edits"]["Smiling"]
+    a, b = local.latents["vae"].edits["Smiling"], remote.latents["vae"].edits["Smiling"]
     for method in config.methods:
         for key in ("leakage", "ad", "leakage_vs_original"):
-            np.testing.assert_allclose(a[method][2.0][key], b[method][2.0][key], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(getattr(a[method][2.0], key), getattr(b[method][2.0], key),
+                                       rtol=1e-5, atol=1e-6)
         for key in ("efficacy", "flip", "identity_feature", "psnr"):
-            assert a[method][2.0][key] == pytest.approx(b[method][2.0][key], rel=1e-5, abs=1e-6)
+            assert getattr(a[method][2.0], key) == pytest.approx(getattr(b[method][2.0], key), rel=1e-5, abs=1e-6)
 
 
 def test_config_errors_name_the_field():
@@ -272,11 +285,12 @@ def test_leakage_carries_its_standard_error_over_the_faces():
     edited = rec.copy()
     edited[:, k] += change
     sd = np.full(40, 2.0)
-    s = edit_stats("Smiling", 2.0, edited, rec, rec, sd, np.ones(40, bool), np.ones(n), 1.0, np.ones(n),
-                   np.zeros((n, 40)))
-    assert s["leakage"][k] == pytest.approx(change.mean() / 2)
-    assert s["leakage_se"][k] == pytest.approx(change.std(ddof=1) / 2 / np.sqrt(n))
-    assert s["leakage_se"][attribute_index("Young")] == 0  # unchanged attributes: no spread
+    scores = EditScores(edited=edited, rec=rec, orig=rec, feature_distance=np.ones(n), psnr=np.ones(n),
+                        labels=np.zeros((n, 40)))
+    s = edit_stats("Smiling", 2.0, scores, sd=sd, can_judge=np.ones(40, bool), feature_scale=1.0)
+    assert s.leakage[k] == pytest.approx(change.mean() / 2)
+    assert s.leakage_se[k] == pytest.approx(change.std(ddof=1) / 2 / np.sqrt(n))
+    assert s.leakage_se[attribute_index("Young")] == 0  # unchanged attributes: no spread
 
 
 def test_leakage_within_groups_does_not_cancel_across_them():
@@ -292,10 +306,11 @@ def test_leakage_within_groups_does_not_cancel_across_them():
     edited[:, k] = np.where(labels[:, k] > 0, -0.4, 0.4)
     edited[:, young] = 0.3
     edited[: n // 4, young] = 0.1  # young faces: +0.1, the rest: +0.3 (mean 0.25)
-    s = edit_stats("Smiling", 2.0, edited, rec, rec, np.ones(40), np.ones(40, bool), np.ones(n), 1.0,
-                   np.ones(n), labels)
-    assert s["leakage"][k] == pytest.approx(0.0, abs=1e-12)
-    assert s["leakage_within"][k] == pytest.approx(0.4)
-    assert s["leakage"][young] == pytest.approx(0.25) == s["leakage_within"][young]
+    scores = EditScores(edited=edited, rec=rec, orig=rec, feature_distance=np.ones(n), psnr=np.ones(n),
+                        labels=labels)
+    s = edit_stats("Smiling", 2.0, scores, sd=np.ones(40), can_judge=np.ones(40, bool), feature_scale=1.0)
+    assert s.leakage[k] == pytest.approx(0.0, abs=1e-12)
+    assert s.leakage_within[k] == pytest.approx(0.4)
+    assert s.leakage[young] == pytest.approx(0.25) == s.leakage_within[young]
     others = [b for b in range(40) if b != attribute_index("Smiling")]
-    assert s["leak_mean_within"] == pytest.approx(np.mean(s["leakage_within"][others]))
+    assert s.leak_mean_within == pytest.approx(np.mean(s.leakage_within[others]))
