@@ -80,6 +80,8 @@ COMMANDS: dict[str, str] = {
     "edit": "edit one photo with attribute vectors: original | reconstruction | edit, or a strip",
     "judge": "train the audit's judge: an image attribute classifier independent of the VAE",
     "audit": "edit held-out faces by every vector, re-score them with the judge, write the bias report",
+    "audit-classifier": "audit someone else's face classifier with counterfactual faces (which "
+                        "attributes move its answer)",
     "train": "train the VAE (or --kind cvae, the conditional VAE) on a dataset cache and write its "
              "model bundle (--workers N: on Ray)",
     "compare": "edit methods head to head on the same faces and judge: vectors, the conditional VAE, the latent search",
@@ -399,6 +401,43 @@ def _run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_audit_classifier(p: argparse.ArgumentParser) -> None:
+    from faceedit.classifier import ClassifierSpec
+    from faceedit.classifier_audit import ClassifierAuditConfig
+
+    p.add_argument("--classifier", type=Path, required=True, help="the model to audit: a torch.export "
+                   "program (.pt2, torch.export.save), a TorchScript file (torch.jit.save) or an ONNX "
+                   "model; it maps a batch of faces to scores. A torch.save pickle is refused")
+    p.add_argument("--output", required=True, help="the output to audit: an index, or a name (an "
+                   "output's name, a dict key, a --labels column, a CelebA attribute for 40 columns)")
+    p.add_argument("--bundle", type=Path, required=True, help="VAE bundle folder (faceedit train)")
+    p.add_argument("--bank", type=Path, required=True, help="attribute bank folder (faceedit vectors)")
+    p.add_argument("--cache", type=Path, required=True, help="dataset cache folder (faceedit prepare): "
+                   "its held-out faces are edited; its labels give the real-data error rates")
+    p.add_argument("--judge", type=Path, nargs="*", default=[], help="judge bundle folder(s) (faceedit "
+                   "judge) that check every counterfactual; without one nothing is checked")
+    p.add_argument("--out", type=Path, required=True, help="report folder to write (atomically)")
+    p.add_argument("--device", default="cpu", help="where the VAE and the judge run: cpu, cuda "
+                   "(default: cpu; the classifier runs on CPU)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dataclass_args(p, ClassifierAuditConfig)
+    add_dataclass_args(p, ClassifierSpec)
+
+
+def _run_audit_classifier(args: argparse.Namespace) -> int:
+    from faceedit.classifier import ClassifierSpec
+    from faceedit.classifier_audit import ClassifierAuditConfig, audit_classifier_folders
+    from faceedit.classifier_report import headlines
+
+    config = dataclass_from_args(ClassifierAuditConfig, args)
+    spec = dataclass_from_args(ClassifierSpec, args)
+    result = audit_classifier_folders(args.classifier, args.output, args.bundle, args.bank, args.cache,
+                                      args.out, args.judge, config, spec, args.device, not args.quiet)
+    print("\n".join(headlines(result)))
+    print(f"wrote {args.out / 'report.html'}")
+    return 0
+
+
 def _edit_faces(args: argparse.Namespace, size: int):
     """The faces `faceedit edit` works on: the photo (aligned unless --centre-crop), or val faces of
     --cache. -> ((F, 3, S, S) float, (photo, Alignment) for an aligned photo else None)."""
@@ -669,7 +708,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if only is None or name == only:
-            globals()[f"_add_{name}"](p)
+            globals()[f"_add_{name.replace('-', '_')}"](p)
             if name in WRITES_FOLDER and "--overwrite" not in p._option_string_actions:
                 p.add_argument("--overwrite", action="store_true", help="replace --out even when it "
                                "holds files faceedit did not write (default: refuse, naming them)")
@@ -678,7 +717,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 # Subcommands whose --out is a folder (replaced atomically, and only when it is faceedit's own or
 # with --overwrite); `run` writes one folder per stage under --out.
-WRITES_FOLDER = ("run", "prepare", "synth", "vectors", "judge", "audit", "train", "pca")
+WRITES_FOLDER = ("run", "prepare", "synth", "vectors", "judge", "audit", "audit-classifier", "train", "pca")
 
 
 def _check_out(args: argparse.Namespace) -> None:
@@ -771,7 +810,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else "")
     args = parser.parse_args(argv)
-    run = globals()[f"_run_{args.command}"]
+    run = globals()[f"_run_{args.command.replace('-', '_')}"]
     # Warnings (tiny cells, duplicate images...) name what they are about: one line each, without
     # the source line Python shows by default.
     warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
