@@ -32,6 +32,11 @@ def _pm(x: float, se: float, digits: int = 3, pct: bool = False) -> str:
     return f"{x:+.{digits}f}" + (f" ± {se:.{digits}f}" if math.isfinite(se) else "")
 
 
+def _distinct(e: Effect) -> bool:
+    """A change more than two standard errors from zero."""
+    return e.n > 1 and math.isfinite(e.change_se) and abs(e.change) > 2 * e.change_se
+
+
 def headlines(result: ClassifierAuditResult) -> list[str]:
     """The findings a person reads first, as sentences with their numbers."""
     cfg, out = result.config, []
@@ -46,10 +51,12 @@ def headlines(result: ClassifierAuditResult) -> list[str]:
         f"{_pm(top.kept.change, top.kept.change_se)} and {_pm(top.kept.flip, top.kept.flip_se, pct=True)} "
         f"of its decisions flip, over {top.kept.n} counterfactuals"
         + (" the judge confirmed." if result.judge_checks else " (no judge checked them)."))
-    nxt = [e.sensitivity for e in result.ranking[1:4]]
+    nxt = [e.sensitivity for e in result.ranking[1:4] if _distinct(e.sensitivity.kept)]
     if nxt:
         out.append("Next: " + "; ".join(f"{s.attribute} {_pm(s.kept.change, s.kept.change_se)} "
                                          f"({s.kept.flip:.0%} flip)" for s in nxt) + ".")
+    else:
+        out.append(f"No other attribute moves {name} by more than two standard errors from zero.")
     for g in cfg.groups:
         if g == top.attribute:
             continue
@@ -183,17 +190,17 @@ def key_figure_png(result: ClassifierAuditResult) -> bytes:
     """The ranking's top attributes: the counterfactual change of P(output) with its standard error
     (left) beside the real-data error gap (right)."""
     plt = _pyplot()
-    top = list(result.ranking[:HEADLINE_ATTRIBUTES])[::-1]
+    top = list(result.ranking[:HEADLINE_ATTRIBUTES])[::-1]  # barh draws upwards: the first on top
     own = result.own
-    names = [e.attribute for e in top] + ([f"{own.attribute} (its own)"] if own else [])
-    ch = [e.sensitivity.kept.change for e in top] + ([own.kept.change] if own else [])
-    se = [e.sensitivity.kept.change_se for e in top] + ([own.kept.change_se] if own else [])
+    names = ([f"{own.attribute} (its own)"] if own else []) + [e.attribute for e in top]
+    ch = ([own.kept.change] if own else []) + [e.sensitivity.kept.change for e in top]
+    se = ([own.kept.change_se] if own else []) + [e.sensitivity.kept.change_se for e in top]
     se = [x if math.isfinite(x) else 0.0 for x in se]
     real = result.real.target is not None
     fig, axes = plt.subplots(1, 2 if real else 1, figsize=(11 if real else 7, 1.2 + 0.32 * len(names)),
                              squeeze=False, sharey=True, gridspec_kw={"width_ratios": [3, 2]} if real else None)
     ax = axes[0][0]
-    colours = ["#999999" if own and i == len(names) - 1 else ("#c33" if c < 0 else "#2a7") for i, c in enumerate(ch)]
+    colours = ["#999999" if own and i == 0 else ("#c33" if c < 0 else "#2a7") for i, c in enumerate(ch)]
     ax.barh(range(len(names)), ch, xerr=se, color=colours, capsize=2)
     ax.set_yticks(range(len(names)), names, fontsize=8)
     ax.axvline(0, color="#444", lw=0.6)
@@ -205,8 +212,8 @@ def key_figure_png(result: ClassifierAuditResult) -> bytes:
         gaps = [e.real_error_gap if e.real_error_gap is not None else 0.0 for e in top]
         gse = [e.real_error_gap_se if e.real_error_gap_se is not None else 0.0 for e in top]
         if own:
-            gaps.append(0.0)
-            gse.append(0.0)
+            gaps.insert(0, 0.0)
+            gse.insert(0, 0.0)
         ax2.barh(range(len(names)), gaps, xerr=gse, color="#77a", capsize=2)
         ax2.axvline(0, color="#444", lw=0.6)
         ax2.set_xlabel(f"error rate on {result.target}: with the attribute minus without (± s.e.)", fontsize=8)

@@ -266,3 +266,55 @@ def test_input_spec_prepares_what_the_model_wants():
     y = spec.prepare(x, 4)
     assert y.shape == (2, 4, 4, 3)
     assert torch.allclose(y[..., 0], torch.ones(2, 4, 4)) and torch.allclose(y[..., 1], -torch.ones(2, 4, 4))
+
+
+# ---------------------------------------------------------------------------- the console command
+
+def test_audit_classifier_command_on_folders(tmp_path, capsys):
+    """`faceedit audit-classifier` end to end on a tiny cache, an untrained tiny VAE bundle, its bank
+    and a one-epoch judge (the plumbing, not the models, is under test)."""
+    from faceedit.bank import BankConfig, build_bank
+    from faceedit.bundle import save_bundle
+    from faceedit.cache import Cache, write_arrays
+    from faceedit.cli import main
+    from faceedit.judge import JudgeConfig, save_judge, train_judge
+    from faceedit.model import VAE, VAEConfig
+    from faceedit.trainer import TrainConfig
+
+    rng = np.random.default_rng(1)
+    n, size = 160, 16
+    labels = (rng.random((n, 40)) < 0.5).astype(np.int8)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    cache = Cache.open(write_arrays(tmp_path / "cache", images, labels, "sha256:tiny", val=60))
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(image_size=size, latent_dim=8, channels=(8, 16), blocks=0)).eval()
+    save_bundle(tmp_path / "bundle", vae, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        build_bank(vae, cache, BankConfig(), progress=False).save(tmp_path / "bank")
+    save_judge(tmp_path / "judge", train_judge(cache, JudgeConfig(image_size=size, width=4, stages=2),
+                                               TrainConfig(epochs=1, batch_size=32, progress=False)))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(4, 40)).eval()  # 40 columns: named as CelebA's attributes
+    clf = tmp_path / "clf.pt2"
+    torch.export.save(torch.export.export(model, (torch.rand(2, 3, size, size),),
+                                          dynamic_shapes=({0: torch.export.Dim("b")},)), str(clf))
+    argv = ["audit-classifier", "--classifier", str(clf), "--output", "Smiling", "--bundle",
+            str(tmp_path / "bundle"), "--bank", str(tmp_path / "bank"), "--cache", str(tmp_path / "cache"),
+            "--judge", str(tmp_path / "judge"), "--out", str(tmp_path / "rep"), "--quiet",
+            "--attributes", "Male", "Eyeglasses", "Smiling", "--faces", "5", "--strengths", "1", "2",
+            "--strips", "1"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(argv) == 0
+    doc = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert doc["target"] == "Smiling" and doc["classifier"]["output_index"] == attribute_index("Smiling")
+    assert {e["attribute"] for e in doc["ranking"]} <= {"Male", "Eyeglasses"}
+    for s in doc["sensitivities"]:
+        assert s["made"] == 10 and s["no_change"] + s["target_changed"] + s["kept"]["n"] == s["made"]
+    assert "wrote" in capsys.readouterr().out
+    # a pickle given as the classifier: exit code 2 and a sentence, no traceback
+    torch.save(model, tmp_path / "clf.pt")
+    argv[2] = str(tmp_path / "clf.pt")
+    assert main(argv) == 2
+    assert "torch.save pickle" in capsys.readouterr().err
