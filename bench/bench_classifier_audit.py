@@ -124,6 +124,8 @@ def main() -> None:
         torch.export.save(ep, str(path))
         report[name] = {"train_faces": int(len(chosen)), "train_s": round(time.perf_counter() - start, 1),
                         **val_accuracy(model, cache)}
+    for name in ("balanced", "biased"):
+        path = args.out / f"smile-{name}.pt2"
         config = ClassifierAuditConfig(methods=("balanced", "naive"), strengths=tuple(args.strengths),
                                        headline=max(args.strengths), faces=args.faces, target="Smiling")
         start = time.perf_counter()

@@ -19,6 +19,8 @@ from typing import Any
 
 from faceedit.classifier_audit import ClassifierAuditResult, Effect, RankEntry, Sensitivity
 from faceedit.files import atomic_dir
+from faceedit.opening import CSS as OPENING_CSS
+from faceedit.opening import opening_html
 from faceedit.report import CSS, _f, _jsonable, _num, _png, _pyplot, _table, data_uri, esc
 
 HEADLINE_ATTRIBUTES = 12  # bars in the key figure
@@ -267,18 +269,6 @@ def figures(result: ClassifierAuditResult) -> dict[str, bytes]:
 
 
 # ---------------------------------------------------------------------------- html
-
-OPENING_CSS = (".headline{font-size:15px;line-height:1.45;background:#f7f7f2;border:1px solid #e2e2d6;"
-               "padding:8px 14px 8px 30px;margin:10px 0}.headline li{margin:4px 0}")
-
-
-def opening_html(title: str, sentences: list[str], figure_png: bytes | None, caption: str) -> str:
-    """The first screen of a report: a title, the findings as sentences, the key figure."""
-    items = "".join(f"<li>{esc(s)}</li>" for s in sentences)
-    fig = (f'<p><img alt="{esc(caption)}" src="{data_uri(figure_png)}"></p><p class="note">{esc(caption)}</p>'
-           if figure_png else "")
-    return f"<h1>{esc(title)}</h1><ul class='headline'>{items}</ul>{fig}"
-
 
 def render_html(doc: dict[str, Any], result: ClassifierAuditResult, pngs: dict[str, bytes],
                 strips: list[str]) -> str:
