@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -99,9 +100,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--base", type=Path, required=True, help="main-job folder: cache/ bundle/ bank/ judge/")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--per-side", type=int, default=4000, help="smiling (and non-smiling) training faces")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--faces", type=int, default=100, help="audited faces per attribute and side")
+    p.add_argument("--per-side", type=int, default=2000, help="smiling (and non-smiling) training faces")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--faces", type=int, default=64, help="audited faces per attribute and side")
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
@@ -124,6 +125,7 @@ def main() -> None:
         torch.export.save(ep, str(path))
         report[name] = {"train_faces": int(len(chosen)), "train_s": round(time.perf_counter() - start, 1),
                         **val_accuracy(model, cache)}
+        print(f"trained {name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
     for name in ("balanced", "biased"):
         path = args.out / f"smile-{name}.pt2"
         config = ClassifierAuditConfig(methods=("balanced", "naive"), strengths=tuple(args.strengths),
@@ -133,6 +135,7 @@ def main() -> None:
                                        args.base / "cache", args.out / f"report-{name}",
                                        [args.base / "judge"], config, device=args.device, progress=False)
         report[name]["audit_s"] = round(time.perf_counter() - start, 1)
+        print(f"audited {name} in {report[name]['audit_s']} s", file=sys.stderr, flush=True)
         results[name] = res
         male = res.sensitivity("Male")
         naive = res.sensitivity("Male", "naive")

@@ -29,6 +29,8 @@ HEADLINE_ATTRIBUTES = 12  # bars in the key figure
 # ---------------------------------------------------------------------------- sentences
 
 def _pm(x: float, se: float, digits: int = 3, pct: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
     if pct:
         return f"{x:.0%}" + (f" ± {se:.0%}" if math.isfinite(se) else "")
     return f"{x:+.{digits}f}" + (f" ± {se:.{digits}f}" if math.isfinite(se) else "")
@@ -275,7 +277,7 @@ def render_html(doc: dict[str, Any], result: ClassifierAuditResult, pngs: dict[s
     cfg = result.config
     title = f"faceedit counterfactual audit of {result.classifier.get('file', 'a classifier')}, output {result.output!r}"
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>"
-             f"<style>{CSS}{OPENING_CSS}</style></head><body>",
+             f"<style>{CSS}{OPENING_CSS}td{{white-space:nowrap}}</style></head><body>",
              opening_html(title, doc["headline"], pngs.get("ranking.png"),
                           "Left: how much the classifier's answer moves when only one attribute of a face "
                           "changes (the judge-checked counterfactuals). Right: how much more often it errs "

@@ -72,6 +72,14 @@ def edit_cuts(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _listing(names: list[str], most: int = 6) -> str:
+    return ", ".join(names) if len(names) <= most else f"{len(names)} ({', '.join(names[:most])}, ...)"
+
+
+def _se(x: float) -> str:
+    return f" ± {x:.2f}" if math.isfinite(x) else ""
+
+
 def edit_audit_headlines(doc: dict[str, Any]) -> list[str]:
     """The edit audit's findings as sentences, from its report.json document."""
     st, out = doc["settings"], []
@@ -80,39 +88,46 @@ def edit_audit_headlines(doc: dict[str, Any]) -> list[str]:
     judged = [a for a, v in verdicts.items() if v.get("can_judge")]
     cannot = doc["judge"].get("cannot_judge", [])
     out.append(f"{len(doc['attributes'])} attributes were edited on up to {st['faces']} held-out faces each "
-               f"({doc['edited_images']:,} edited images), by {', '.join(st['methods'])} vectors, and "
-               f"re-scored by an independent judge; figures below are at strength {alpha}, leakage in sd "
-               "of the judge's logit of the other attribute" + (
-                   f"; the judge cannot judge {', '.join(cannot)}." if cannot else "."))
+               f"({doc['edited_images']:,} edited images) by {', '.join(st['methods'])} vectors and "
+               f"re-scored by an independent judge; figures are at strength {alpha}, a leakage is the change "
+               "of another attribute's judged logit in its sd" + (
+                   f"; the judge cannot judge {_listing(cannot)}." if cannot else "."))
     cuts = edit_cuts(doc)
+    head = _headline_edits(doc)
+    if "Smiling" in head and {"naive", "balanced"} <= set(head["Smiling"]) and doc["judge"]["can_judge"].get("Male"):
+        n, b = head["Smiling"]["naive"], head["Smiling"]["balanced"]
+        (ln, sn), (lb, sb) = _leak(n, "Male"), _leak(b, "Male")
+        out.append(f"White's Figure 7: the naive smile vector changes gender by {ln:.2f}{_se(sn)} sd, the "
+                   f"balanced one by {lb:.2f}{_se(sb)} sd, at an efficacy of {b['efficacy']:+.2f} against "
+                   f"{n['efficacy']:+.2f} P(Smiling).")
     if cuts:
-        top = cuts[:3]
         out.append("The naive vectors that change another attribute most: " + "; ".join(
-            f"{r['attribute']} into {r['into']} {r['naive']:.2f} sd, {r['method']} {r['best']:.2f}"
-            + (f" ± {r['best_se']:.2f}" if math.isfinite(r["best_se"]) else "") + " sd"
-            for r in top) + " (naive vs the recommended method).")
-        cut = [r for r in cuts if r["naive"] > 0 and math.isfinite(r["best"])]
-        if cut:
-            share = sum(r["best"] < r["naive"] for r in cut)
-            med = sorted(1 - r["best"] / r["naive"] for r in cut)[len(cut) // 2]
-            out.append(f"The recommended method leaks less into naive's most leaked attribute than naive "
-                       f"does for {share} of {len(cut)} judgeable attributes (median cut {med:.0%}).")
+            f"{r['attribute']} changes {r['into']} by {r['naive']:.2f} sd" for r in cuts[:3]) + ".")
+        bal = [r for r in cuts if math.isfinite(r["balanced"]) and r["naive"] > 0]
+        if bal:
+            share = sum(r["balanced"] < r["naive"] for r in bal)
+            med = sorted(1 - r["balanced"] / r["naive"] for r in bal)[len(bal) // 2]
+            out.append(f"Balanced vectors change that attribute less than naive ones for {share} of "
+                       f"{len(bal)} judgeable attributes (median cut {med:.0%}); where they also change "
+                       "their own attribute much less, a method that keeps the efficacy is recommended.")
     if judged:
         counts: dict[str, int] = {}
         for a in judged:
             counts[verdicts[a]["method"]] = counts.get(verdicts[a]["method"], 0) + 1
-        out.append("Recommended method (least leakage within 90% of the best efficacy): " + ", ".join(
-            f"{m} for {n}" for m, n in sorted(counts.items(), key=lambda t: -t[1])) + f" of {len(judged)}.")
+        out.append("Recommended (least leakage within 90% of the best efficacy): " + ", ".join(
+            f"{m} for {n}" for m, n in sorted(counts.items(), key=lambda t: -t[1])) +
+            f" of the {len(judged)} judgeable attributes.")
     weak = [a for a, v in verdicts.items() if "[weak:" in v.get("text", "")]
     if weak:
-        out.append(f"Weak edits (no method changes P(attribute) by 0.1): {', '.join(weak)}; their "
+        out.append(f"Weak edits (no method changes P(attribute) by 0.1): {_listing(weak)}; their "
                    "leakages say little.")
-    comp = (doc.get("vae_vs_pca") or {}).get("balanced") or next(iter((doc.get("vae_vs_pca") or {}).values()), None)
+    comps = doc.get("vae_vs_pca") or {}
+    method = "balanced" if "balanced" in comps else next(iter(comps), None)
+    comp = comps.get(method) if method else None
     if comp and comp.get("attributes"):
-        method = "balanced" if "balanced" in (doc.get("vae_vs_pca") or {}) else next(iter(doc["vae_vs_pca"]))
         d, se = comp.get("difference"), comp.get("difference_se")
-        out.append(f"At equal efficacy, the VAE's {method} edits leak {comp['vae_mean_leakage']:.3f} sd on "
-                   f"average against PCA's {comp['pca_mean_leakage']:.3f} (difference {d:+.3f}"
+        out.append(f"At equal efficacy the VAE's {method} edits leak {comp['vae_mean_leakage']:.3f} sd on "
+                   f"average, PCA's {comp['pca_mean_leakage']:.3f} (difference {d:+.3f}"
                    + (f" ± {se:.3f}" if se is not None else "") + f"; the VAE is cleaner for "
                    f"{comp['vae_cleaner']} of {comp['attributes']} attributes, sign test p = "
                    f"{comp['sign_test_p']:.2g}).")
