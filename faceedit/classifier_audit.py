@@ -520,10 +520,12 @@ def flip_strips(result: ClassifierAuditResult, cache, model: LatentModel, bank: 
 def audit_classifier_folders(classifier: str | Path, output: str, bundle: str | Path, bank: str | Path,
                              cache: str | Path, out: str | Path, judge: Sequence[str | Path] = (),
                              config: ClassifierAuditConfig = ClassifierAuditConfig(), spec=None,
-                             device: str = "cpu", progress: bool = True) -> ClassifierAuditResult:
+                             device: str = "cpu", progress: bool = True,
+                             allow_bank_mismatch: bool = False) -> ClassifierAuditResult:
     """`faceedit audit-classifier`: open the classifier file and the folders, audit, write the
-    report folder at `out` (faceedit/classifier_report.py). spec: a faceedit.classifier.ClassifierSpec."""
-    from faceedit.bank import AttributeBank
+    report folder at `out` (faceedit/classifier_report.py). spec: a faceedit.classifier.ClassifierSpec.
+    A bank built from another model than the bundle is refused unless allow_bank_mismatch."""
+    from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
     from faceedit.cache import Cache
     from faceedit.classifier import ClassifierSpec, load_classifier
@@ -535,6 +537,7 @@ def audit_classifier_folders(classifier: str | Path, output: str, bundle: str | 
     D, S = vae.config.latent_dim, vae.config.image_size
     if bk.dim != D:
         raise ValueError(f"{bank}: vectors of dimension {bk.dim}, but the bundle {bundle} has latent_dim {D}")
+    check_built_from(bk, vae.model, bundle, allow=allow_bank_mismatch)
     if S != c.size:
         raise ValueError(f"{cache}: images are {c.size}x{c.size}, the bundle {bundle} makes {S}x{S}")
     bad = [m for m in config.methods if m not in bk.methods]

@@ -419,6 +419,8 @@ def _add_audit_classifier(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="report folder to write (atomically)")
     p.add_argument("--device", default="cpu", help="where the VAE and the judge run: cpu, cuda "
                    "(default: cpu; the classifier runs on CPU)")
+    p.add_argument("--allow-bank-mismatch", action="store_true", help="use a bank built from another "
+                   "model than --bundle (default: refuse)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, ClassifierAuditConfig)
     add_dataclass_args(p, ClassifierSpec)
@@ -432,7 +434,8 @@ def _run_audit_classifier(args: argparse.Namespace) -> int:
     config = dataclass_from_args(ClassifierAuditConfig, args)
     spec = dataclass_from_args(ClassifierSpec, args)
     result = audit_classifier_folders(args.classifier, args.output, args.bundle, args.bank, args.cache,
-                                      args.out, args.judge, config, spec, args.device, not args.quiet)
+                                      args.out, args.judge, config, spec, args.device, not args.quiet,
+                                      args.allow_bank_mismatch)
     print("\n".join(headlines(result)))
     print(f"wrote {args.out / 'report.html'}")
     return 0

@@ -58,6 +58,8 @@ COMMANDS = {
     "vectors": ["--bundle", "b", "--cache", "c"],
     "judge": ["--cache", "c"],
     "audit": ["--bundle", "b", "--bank", "k", "--cache", "c", "--judge", "j"],
+    "audit-classifier": ["--classifier", "m.pt2", "--output", "0", "--bundle", "b", "--bank", "k",
+                         "--cache", "c"],
     "train": ["--cache", "c"],
     "pca": ["--cache", "c"],
 }
