@@ -41,7 +41,7 @@ from faceedit.attributes import ATTRIBUTES  # noqa: E402
 from faceedit.cache import Cache, write_arrays  # noqa: E402
 from faceedit.model import VAE, VAEConfig  # noqa: E402
 from faceedit.objective import VAEObjective  # noqa: E402
-from faceedit.trainer import TrainConfig, fit  # noqa: E402
+from faceedit.trainer import TrainConfig, cpu_has_bf16, fit  # noqa: E402
 
 MODELS = {"default": {}, "wide": dict(channels=(32, 64, 128, 256), blocks=1, norm="group")}
 
@@ -74,7 +74,7 @@ def bare_loop(cache: Cache, config: VAEConfig, batch: int, lr: float, device: to
     forward = torch.compile(model) if compile else model
     objective = VAEObjective(config)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4, fused=True)
-    bf16 = device.type == "cuda" or TrainConfig().precision == "bf16"
+    bf16 = device.type == "cuda" or cpu_has_bf16()  # the loop's precision="auto"
     n_batches = len(rows) // batch
     perm, k = torch.randperm(len(rows), device=device), 0
     for i in range(warmup + steps):
@@ -223,6 +223,13 @@ def _table(rows: list[dict]) -> None:
             label = f"{loop}{'/' + feed if feed else ''}"
             print(f"{model:8} {batch:5d} {str(compile):>7} {label:>16} {rate:10.0f} {rate / bare:7.2f} "
                   f"{'' if wait is None else f'{wait:.3f}':>6} {'' if peak is None else f'{peak:.0f}':>8}")
+        old = {r["round"]: r["images_per_s"] for r in group if r["loop"] == "old"}
+        new = {r["round"]: r["images_per_s"] for r in group if r["loop"] == "project"
+               and r.get("feed") == names[-1][1]}
+        if old and new:  # side by side: the median over rounds of each round's ratio
+            ratios = [new[k] / old[k] for k in sorted(old) if k in new]
+            print(f"{'':8} {'':5} {'':7} {'project / old':>16} {'':10} {float(np.median(ratios)):7.2f}"
+                  f"  (rounds: {', '.join(f'{x:.2f}' for x in ratios)})")
 
 
 if __name__ == "__main__":

@@ -748,12 +748,15 @@ def _add_run(p: argparse.ArgumentParser) -> None:
                    "(default: $CELEBA_DIR; with neither, synthetic faces are rendered: no download)")
     p.add_argument("--out", type=Path, default=Path("runs/main"), help="where every output goes: "
                    "cache, bundle, bank, judge, report, figures (default: runs/main)")
-    p.add_argument("--profile", choices=("default", "quick", "tiny"), default="default",
-                   help="default: ~12 min on the 19,000 real faces on a 2-core CPU; quick: ~3 min; "
-                   "tiny: seconds, for smoke tests (default: default)")
+    p.add_argument("--profile", choices=("auto", "default", "quick", "tiny", "gpu", "gpu-128"),  # pipeline.PROFILES
+                   default="auto", help="default: ~12 min on the 19,000 real faces on a 2-core CPU; "
+                   "quick: ~3 min; tiny: seconds, for smoke tests; gpu: sized for GPU workers (a "
+                   "wider VAE, batch 128 per GPU, a 3-minute training budget); gpu-128: the same "
+                   "at 128x128 (default: auto, gpu when this machine has CUDA, else default)")
     p.add_argument("--quick", dest="profile", action="store_const", const="quick",
                    help="same as --profile quick")
-    p.add_argument("--workers", type=int, default=2, help="Ray training workers (default: 2)")
+    p.add_argument("--workers", type=int, default=None, help="Ray training workers (default: one "
+                   "per GPU of the machine or cluster, else 2 CPU workers)")
     p.add_argument("--gpu", choices=("auto", "yes", "no"), default="auto",
                    help="train on GPUs when the machine or cluster has them (default: auto)")
     p.add_argument("--address", default="", help="a Ray cluster to train on (default: $RAY_ADDRESS, "
@@ -770,7 +773,7 @@ def _run_run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from faceedit.pipeline import PROFILES, main_job
+    from faceedit.pipeline import choose_profile, main_job
 
     data = args.data or (Path(os.environ["CELEBA_DIR"]) if os.environ.get("CELEBA_DIR") else None)
     if data is None:
@@ -778,14 +781,15 @@ def _run_run(args: argparse.Namespace) -> int:
               "label rows (the no-download default)")
     else:
         print(f"data: CelebA folder {data}")
-    profile = PROFILES[args.profile]
+    profile = choose_profile(args.profile, torch.cuda.is_available())
     auth = None
     if args.serve:  # refuse an unprotected --host now, not after the whole job
         from ui.app import check_exposure, parse_auth
 
         auth = parse_auth(args.auth)
         check_exposure(args.host, False, auth, args.no_auth)
-    print(f"profile: {profile.name}; outputs under {args.out}")
+    print(f"profile: {profile.name}{' (CUDA found)' if args.profile == 'auto' and profile.name == 'gpu' else ''}; "
+          f"outputs under {args.out}")
 
     def train_vae(cache: Path, out: Path, recipe, train_config) -> None:
         from workers.train import RayConfig, train_on_ray  # Ray is imported here only

@@ -65,13 +65,13 @@ def read_batch(cache: Cache, rows: np.ndarray, device: torch.device,
     return Batch(x, labels.to(device, non_blocking=non_blocking))
 
 
-def _on_device(nhwc: torch.Tensor, flips: torch.Tensor | None, channels_last: bool) -> torch.Tensor:
-    """uint8 (B, S, S, 3) on the device -> float32 (B, 3, S, S) in [0, 1], the flagged images
-    mirrored left-right; channels_last memory when asked (the NHWC layout already is)."""
+def _on_device(images: torch.Tensor, flips: torch.Tensor | None, channels_last: bool) -> torch.Tensor:
+    """uint8 (B, 3, S, S) on the device, in either memory layout -> float32 (B, 3, S, S) in [0, 1],
+    the flagged images mirrored left-right, channels_last memory when asked."""
     if flips is not None:
-        nhwc = torch.where(flips[:, None, None, None], nhwc.flip(2), nhwc)
-    x = nhwc.permute(0, 3, 1, 2).float().div_(255.0)  # (B, S, S, 3) -> (B, 3, S, S), NHWC strides
-    return x if channels_last else x.contiguous()
+        images = torch.where(flips[:, None, None, None], images.flip(-1), images)
+    x = images.float().div_(255.0)  # keeps the layout: NHWC strides stay NHWC
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 class HostFeed:
@@ -124,7 +124,7 @@ class ResidentFeed:
         index = index.to(self.device, non_blocking=non_blocking)
         masks = masks.to(self.device, non_blocking=non_blocking) if masks is not None else None
         for i in range(len(steps)):
-            x = self.images.index_select(0, index[i])  # (B, S, S, 3) uint8
+            x = self.images.index_select(0, index[i]).permute(0, 3, 1, 2)  # (B, 3, S, S), NHWC strides
             yield Batch(_on_device(x, masks[i] if masks is not None else None, self.channels_last),
                         self.labels.index_select(0, index[i]))
 
@@ -138,7 +138,7 @@ class PrefetchFeed:
         self.cuda = device.type == "cuda"
 
     def _reader(self, steps: Sequence[Step], out: queue.Queue, stop: threading.Event) -> None:
-        """Fills `out` with (images on device (B, S, S, 3) uint8, labels, flip mask, ready event)."""
+        """Fills `out` with (images on device (B, 3, S, S) uint8, labels, flip mask, ready event)."""
         try:
             stream = torch.cuda.Stream(self.device) if self.cuda else None
             ring: list[tuple[np.ndarray, torch.Tensor, torch.cuda.Event | None]] = []
@@ -148,15 +148,16 @@ class PrefetchFeed:
                 B = len(step.rows)
                 slot = i % (self.depth + 2)  # a slot is refilled only once its upload is done
                 if slot == len(ring) or ring[slot][0].shape[0] != B:
-                    host = torch.empty((B, *self.cache.images.shape[2:], 3), dtype=torch.uint8,
+                    host = torch.empty((B, *self.cache.images.shape[1:]), dtype=torch.uint8,
                                        pin_memory=self.cuda)
                     entry = (host.numpy(), host, None)
                     ring[slot: slot + 1] = [entry]
                 buf, host, done = ring[slot]
                 if done is not None:
                     done.synchronize()
-                # (B, 3, S, S) rows out of the memmap, written as NHWC into the pinned buffer
-                np.copyto(buf, np.asarray(self.cache.images[step.rows]).transpose(0, 2, 3, 1))
+                # (B, 3, S, S) rows out of the memmap straight into the pinned buffer: one copy
+                # (the layout change for channels_last is left to the device)
+                np.take(self.cache.images, step.rows, axis=0, out=buf)
                 labels = torch.from_numpy(self.cache.labels[step.rows].astype(np.float32))
                 mask = None if step.flip_seed is None else flip_mask(step.flip_seed, B)
                 ready = None

@@ -92,7 +92,8 @@ def _minutes(seconds: float) -> str:
 @dataclass(frozen=True)
 class Profile:
     """How big a main job: every size the stages use. `default` runs the 19,000 real faces in about 12
-    minutes on a 2-core CPU; `quick` in about 3; `tiny` in seconds (the smoke test)."""
+    minutes on a 2-core CPU; `quick` in about 3; `tiny` in seconds (the smoke test); `gpu` and
+    `gpu-128` (64x64 and 128x128) are sized for GPU workers, a 3-minute training budget each."""
     name: str
     synth_faces: int  # rendered when no CelebA folder is given
     limit: int | None  # rows of a real CelebA folder taken (None: all)
@@ -102,7 +103,7 @@ class Profile:
     judge: dict[str, Any]  # JudgeConfig overrides
     judge_train: dict[str, Any]  # TrainConfig overrides for the judge
     audit: dict[str, Any]  # AuditConfig overrides
-    eta_s: dict[str, float]  # rough seconds per stage on a 2-core CPU
+    eta_s: dict[str, float]  # rough seconds per stage on a 2-core CPU (on one GPU: the gpu profiles)
 
 
 PROFILES: dict[str, Profile] = {
@@ -122,6 +123,24 @@ PROFILES: dict[str, Profile] = {
         audit=dict(faces=24, strengths=(-2.0, 2.0),
                    attributes=("Smiling", "Male", "Eyeglasses", "Heavy_Makeup", "Blond_Hair")),
         eta_s=dict(synth=15, prepare=10, train=100, vectors=15, judge=35, audit=30, figures=5)),
+    # One GPU (or one per Ray worker): the wider model BENCHMARKS.md measured on the H200, at a
+    # batch a GPU wants; validation every few epochs (an epoch of 17,100 faces takes about a
+    # second there) and the best validation's weights kept, since 3 minutes are many epochs.
+    "gpu": Profile(
+        "gpu", synth_faces=20000, limit=None, image_size=64,
+        model=dict(channels=(32, 64, 128, 256), blocks=1, norm="group"),
+        train=dict(epochs=1000, max_minutes=3.0, batch_size=128, lr=2e-3, val_every=5),
+        judge={}, judge_train=dict(JUDGE_TRAINING),
+        audit=dict(faces=64),
+        eta_s=dict(synth=60, prepare=30, train=200, vectors=20, judge=30, audit=40, figures=10)),
+    # 128x128 end to end: a fifth stride-2 stage keeps the bottleneck at 4x4.
+    "gpu-128": Profile(
+        "gpu-128", synth_faces=20000, limit=None, image_size=128,
+        model=dict(channels=(32, 64, 128, 256, 256), blocks=1, norm="group"),
+        train=dict(epochs=1000, max_minutes=3.0, batch_size=128, lr=2e-3, val_every=2),
+        judge={}, judge_train=dict(JUDGE_TRAINING),
+        audit=dict(faces=64),
+        eta_s=dict(synth=120, prepare=60, train=200, vectors=40, judge=60, audit=80, figures=10)),
     "tiny": Profile(
         "tiny", synth_faces=240, limit=240, image_size=32,
         model=dict(channels=(8, 16), latent_dim=16),
@@ -133,6 +152,15 @@ PROFILES: dict[str, Profile] = {
                    strips=1),
         eta_s=dict(synth=5, prepare=3, train=20, vectors=3, judge=5, audit=5, figures=2)),
 }
+
+
+def choose_profile(name: str, cuda: bool) -> Profile:
+    """The profile called `name`; "auto" is `gpu` when CUDA is present, else `default`."""
+    if name == "auto":
+        name = "gpu" if cuda else "default"
+    if name not in PROFILES:
+        raise ValueError(f"profile {name!r}: expected auto or one of {', '.join(PROFILES)}")
+    return PROFILES[name]
 
 
 # Trains a recipe into a bundle: (cache, out bundle, Recipe, TrainConfig). The CLI passes the Ray

@@ -390,21 +390,17 @@ class _Loop:
                            self.epoch + self.epoch_step / len(self.batches), self.history)
 
     def _keep(self) -> dict[str, float]:
-        """keep="best": load the best validation's weights into the model and, if they are not the
-        last ones, log and report them once more (so a checkpoint-based bundle gets them too)."""
+        """keep="best": load the best validation's weights into the model; its metrics, with
+        `kept_best_of_step`. (Every checkpoint state carries them too, as "best", for a bundle
+        written from a checkpoint.)"""
         last = self.history[-1] if self.history else {}
         if self.config.keep != "best" or self.best is None:
             return last
         best = self.best["metrics"]
-        if best["step"] == self.step:  # the last weights are the best (the same on every rank)
+        if best["step"] == self.step:  # the last weights are the best
             return last
         self.model.load_state_dict(self.best["model"])
-        metrics = {**best, "kept_best_of_step": best["step"], "step": self.step,
-                   "epoch": self.epoch + self.epoch_step / len(self.batches)}
-        self._log(metrics)
-        if self.on_report is not None:
-            self.on_report(metrics, self.state())
-        return metrics
+        return {**best, "kept_best_of_step": best["step"]}
 
     def _train_epoch(self, bar) -> bool:
         """Steps through the rest of this epoch; True when the time budget stopped it."""
@@ -596,6 +592,17 @@ class _Loop:
         from tqdm.auto import tqdm
         return tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True,
                     mininterval=1.0)
+
+
+def kept_weights(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, float] | None]:
+    """A checkpoint state's weights to keep (a bundle written from a checkpoint): the best
+    validation's, with their metrics (and `kept_best_of_step`), when the run kept them and they are
+    not the last; else the last weights and None."""
+    best = state.get("best")
+    if best is None or best["metrics"]["step"] == state["step"] or \
+            state.get("config", {}).get("keep", "best") != "best":
+        return state["model"], None
+    return best["model"], {**best["metrics"], "kept_best_of_step": best["metrics"]["step"]}
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from faceedit.cache import Cache
 from faceedit.feed import HostFeed, PrefetchFeed, ResidentFeed, Step, make_feed
 from faceedit.model import VAE
 from faceedit.objective import VAEObjective
-from faceedit.trainer import NonFiniteLoss, ShardedBatches, fit
+from faceedit.trainer import NonFiniteLoss, ShardedBatches, fit, kept_weights
 from tests.test_trainer import FAST, TINY, _Exploding, make_cache
 
 CPU = torch.device("cpu")
@@ -124,27 +124,28 @@ class _WorseLater(VAEObjective):
         return {**out, "score": -abs(self.calls - 3)}
 
 
-def test_keep_best_returns_and_reports_the_best_validation_weights(cache, tmp_path):
+def test_keep_best_returns_the_best_validation_weights_and_checkpoints_carry_them(cache, tmp_path):
     reports = []
     result = _train(cache, replace(FAST, epochs=4), _WorseLater(TINY), out_dir=tmp_path,
                     on_report=lambda m, s: reports.append((m, s)))
     at_epoch2 = next(s for m, s in reports if m.get("epoch") == 2 and "val_score" in m)
-    model = VAE(TINY)
-    model.load_state_dict(at_epoch2["model"])
-    assert weights_digest(result.model) == weights_digest(model)
-    final_metrics, final_state = reports[-1]
-    assert final_metrics["kept_best_of_step"] == 12 and final_metrics["step"] == 24
-    assert final_metrics["val_score"] == 0 and result.metrics == final_metrics
-    assert weights_digest(result.model) == weights_digest(_loaded(final_state))  # the bundle's
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert lines[-1]["kept_best_of_step"] == 12
+    assert weights_digest(result.model) == weights_digest(_loaded(at_epoch2["model"]))
+    assert result.metrics["kept_best_of_step"] == 12 and result.metrics["val_score"] == 0
+    final_state = reports[-1][1]
+    assert final_state["step"] == 24
+    weights, metrics = kept_weights(final_state)  # what a bundle written from a checkpoint takes
+    assert weights_digest(_loaded(weights)) == weights_digest(result.model)
+    assert metrics["kept_best_of_step"] == 12
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # the log has one line per report, none added
     last = _train(cache, replace(FAST, epochs=4, keep="last"), _WorseLater(TINY))
     assert weights_digest(last.model) != weights_digest(result.model)
+    assert "kept_best_of_step" not in last.metrics
 
 
-def _loaded(state):
+def _loaded(weights):
     model = VAE(TINY)
-    model.load_state_dict(state["model"])
+    model.load_state_dict(weights)
     return model
 
 

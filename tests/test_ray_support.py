@@ -129,10 +129,11 @@ class LoopbackCluster:
         self.nodes: list[subprocess.Popen] = []
         self.trees: list[int] = []
 
-    def start_node(self, cpus: int, resources: dict[str, float], log: Path) -> None:
+    def start_node(self, cpus: int, resources: dict[str, float], log: Path, gpus: int = 0) -> None:
+        """`gpus` > 0 declares GPUs the machine need not have (Ray schedules by the count)."""
         head = not self.nodes
         cmd = [RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
-               f"--num-cpus={cpus}", "--num-gpus=0", f"--resources={json.dumps(resources)}"]
+               f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--resources={json.dumps(resources)}"]
         cmd += (["--head", f"--port={self.port}", "--include-dashboard=false",
                  f"--temp-dir={self.temp_dir}"] if head else [f"--address={self.address}"])
         node = subprocess.Popen(cmd, env=self.env, stdout=log.open("w"), stderr=subprocess.STDOUT,

@@ -29,12 +29,20 @@ def test_cpus_per_worker_fit_every_node():
     assert plan_placement([{"CPU": 4}], workers=2, gpu="no", cpus_per_worker=1).cpus_per_worker == 1
 
 
-def test_gpu_auto_uses_gpus_only_when_every_worker_gets_one():
+def test_gpu_auto_puts_one_worker_on_each_gpu_never_cpu_workers_beside_idle_gpus():
     nodes = [{"CPU": 8, "GPU": 2}, {"CPU": 0}]
     assert plan_placement(nodes, workers=2, gpu="auto").use_gpu
     assert plan_placement(nodes, workers=2, gpu="auto").cpus_per_worker == 4
-    assert not plan_placement(nodes, workers=3, gpu="auto").use_gpu
+    three = plan_placement(nodes, workers=3, gpu="auto")  # 3 asked, 2 GPUs: 2 GPU workers
+    assert (three.workers, three.use_gpu) == (2, True) and "3 asked for" in three.note
+    one_gpu = plan_placement([{"CPU": 16, "GPU": 1}], workers=None, gpu="auto")
+    assert (one_gpu.workers, one_gpu.use_gpu, one_gpu.cpus_per_worker) == (1, True, 16)
+    assert plan_placement([{"CPU": 16, "GPU": 1}], workers=2, gpu="auto").workers == 1
+    cpu = plan_placement([{"CPU": 2}], workers=None, gpu="auto")  # no GPU: the 2 CPU workers
+    assert (cpu.workers, cpu.use_gpu) == (2, False)
+    assert plan_placement([{"CPU": 8, "GPU": 4}], workers=None, gpu="auto").workers == 4
     assert not plan_placement(nodes, workers=2, gpu="no").use_gpu
+    assert plan_placement(nodes, workers=None, gpu="no").workers == 2
     # GPU workers are limited by GPUs per node, not only by CPUs
     assert plan_placement([{"CPU": 16, "GPU": 1}, {"CPU": 2, "GPU": 1}], workers=2,
                           gpu="yes").cpus_per_worker == 2

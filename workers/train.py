@@ -51,7 +51,7 @@ from faceedit.bundle import config_to_dict
 from faceedit.cache import Cache
 from faceedit.files import atomic_write_json
 from faceedit.recipe import Recipe, write_bundle
-from faceedit.trainer import TrainConfig
+from faceedit.trainer import TrainConfig, kept_weights
 from workers.cluster import local_object_store_bytes, ray_session
 
 STATE_FILE = "state.pt"  # the loop's checkpoint state dict inside a Ray checkpoint folder
@@ -95,6 +95,9 @@ class RayConfig:
             raise ValueError(f"RayConfig.max_failures={self.max_failures}: expected >= -1")
 
 
+CPU_WORKERS = 2  # the main job's Ray workers without GPUs (2 x 1 thread on 2 cores, BENCHMARKS.md)
+
+
 @dataclass(frozen=True)
 class Placement:
     """How the workers sit on the cluster: the same resources for every worker."""
@@ -116,23 +119,33 @@ class RayRun:
 
 # ---------------------------------------------------------------------------- planning (no Ray)
 
-def plan_placement(nodes: list[dict[str, float]], workers: int, gpu: str,
+def plan_placement(nodes: list[dict[str, float]], workers: int | None, gpu: str,
                    cpus_per_worker: int = 0) -> Placement:
     """Resources per worker from the alive nodes' resources ({"CPU": n, "GPU": m, ...} each).
+
+    workers=None: one worker per GPU of the cluster (unless gpu="no"), else CPU_WORKERS CPU workers.
+    gpu="auto" never trains on CPU workers beside idle GPUs: given more workers than the cluster
+    has GPUs, it runs one GPU worker per GPU instead (and says so in the note).
 
     With cpus_per_worker = 0 each worker gets the largest CPU count c for which the nodes can hold
     all workers at once (sum over nodes of floor(CPU / c), with GPU workers also limited to one per
     GPU), so 2 workers on 2 cores take 1 core and 1 torch thread each instead of 2 threads each.
     """
+    gpus = sum(int(n.get("GPU", 0)) for n in nodes)
+    if workers is None:
+        workers = gpus if gpus and gpu != "no" else CPU_WORKERS
     if workers < 1:
         raise ValueError(f"workers={workers}: expected >= 1 (0 runs the plain loop without Ray)")
-    gpus = sum(int(n.get("GPU", 0)) for n in nodes)
     if gpu == "yes" and gpus < workers:
         raise ValueError(f"--gpu yes: {workers} workers need {workers} GPUs, the cluster has {gpus}")
-    use_gpu = gpu == "yes" or (gpu == "auto" and gpus >= workers)
+    asked = workers
+    if gpu == "auto" and 0 < gpus < workers:
+        workers = gpus
+    use_gpu = gpu == "yes" or (gpu == "auto" and gpus > 0)
     note = (f"{workers} GPU worker(s), NCCL" if use_gpu else
-            f"CPU workers, gloo ({gpus} GPU(s) in the cluster" + (
-                f", fewer than {workers} workers)" if gpu == "auto" and gpus else ")"))
+            f"CPU workers, gloo ({gpus} GPU(s) in the cluster)")
+    if workers < asked:
+        note += f" ({asked} asked for, one per GPU instead of CPU workers beside idle GPUs)"
 
     def fits(c: int) -> bool:
         slots = 0
@@ -154,7 +167,7 @@ def plan_placement(nodes: list[dict[str, float]], workers: int, gpu: str,
 
 
 def default_run_name(out: Path, cache_hash: str, model_config: Any,
-                     train_config: TrainConfig, workers: int) -> str:
+                     train_config: TrainConfig, workers: int | None) -> str:
     """`<bundle name>-<8 hex>`: the same command resumes its own run, changed settings start anew."""
     key = json.dumps({"cache": cache_hash, "model": config_to_dict(model_config),
                       "train": dataclasses.asdict(train_config), "workers": workers}, sort_keys=True)
@@ -179,11 +192,12 @@ def load_state(folder: str | Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- the driver
 
 def train_on_ray(cache: str | Path, out: str | Path, recipe: Recipe, train_config: TrainConfig,
-                 workers: int, ray_config: RayConfig = RayConfig(),
+                 workers: int | None, ray_config: RayConfig = RayConfig(),
                  log_dir: str | Path | None = None, meta: dict[str, Any] | None = None) -> RayRun:
-    """Train the recipe's model on the cache's train split with `workers` Ray workers and write its
-    bundle to `out` (atomically). `train_config.batch_size` is per worker: the effective batch is
-    workers x batch_size; the learning rate is used as given.
+    """Train the recipe's model on the cache's train split with `workers` Ray workers (None: one
+    per GPU, else 2 on CPU; see `plan_placement`) and write its bundle to `out` (atomically).
+    `train_config.batch_size` is per worker: the effective batch is workers x batch_size; the
+    learning rate is used as given.
 
     Joins the cluster of `ray_config.address` (or $RAY_ADDRESS), else starts a local Ray and shuts
     it down at the end, whatever happens (workers/cluster.py). A run of the same name in
@@ -209,8 +223,8 @@ def train_on_ray(cache: str | Path, out: str | Path, recipe: Recipe, train_confi
                 "log_dir": str(Path(log_dir).resolve()) if log_dir is not None else None}
         sync = (f"local SGD, weights averaged every {train_config.sync_every} steps"
                 if train_config.sync_every > 1 else "DDP")
-        _say(f"ray: run {name!r} in {storage}; {placement.note}; {workers} x batch "
-             f"{train_config.batch_size} = effective batch {workers * train_config.batch_size}, "
+        _say(f"ray: run {name!r} in {storage}; {placement.note}; {placement.workers} x batch "
+             f"{train_config.batch_size} = effective batch {placement.workers * train_config.batch_size}, "
              f"peak lr {train_config.lr:g} (AdamW, {train_config.schedule}, {sync}); "
              f"{placement.cpus_per_worker} CPU(s) and torch thread(s) per worker")
         result = _fit(spec, placement, ray_config, name, storage)
@@ -222,18 +236,29 @@ def _storage_path(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
+def scaling(placement: Placement):
+    """Ray Train's ScalingConfig and TorchConfig for a placement: one GPU per GPU worker, NCCL
+    between GPU workers, gloo between CPU workers."""
+    import ray.train
+    from ray.train.torch import TorchConfig
+
+    return (ray.train.ScalingConfig(
+                num_workers=placement.workers, use_gpu=placement.use_gpu,
+                resources_per_worker={"CPU": placement.cpus_per_worker,
+                                      **({"GPU": 1} if placement.use_gpu else {})}),
+            TorchConfig(backend="nccl" if placement.use_gpu else "gloo"))
+
+
 def _fit(spec: dict[str, Any], placement: Placement, config: RayConfig, name: str, storage: str):
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    scaling_config, torch_config = scaling(placement)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config=spec,
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=placement.workers, use_gpu=placement.use_gpu,
-            resources_per_worker={"CPU": placement.cpus_per_worker,
-                                  **({"GPU": 1} if placement.use_gpu else {})}),
-        torch_config=TorchConfig(backend="nccl" if placement.use_gpu else "gloo"),
+        scaling_config=scaling_config,
+        torch_config=torch_config,
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage,
             failure_config=ray.train.FailureConfig(max_failures=config.max_failures),
@@ -252,9 +277,10 @@ def _write_bundle(result, out: Path, recipe: Recipe, train_config: TrainConfig, 
     with result.checkpoint.as_directory() as folder:
         state = load_state(folder)
     model = recipe.build()
-    model.load_state_dict(state["model"])
+    weights, best = kept_weights(state)  # the best validation's weights (TrainConfig.keep)
+    model.load_state_dict(weights)
     model.eval()
-    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    metrics = {k: v for k, v in (best or result.metrics).items() if isinstance(v, (int, float))}
     ray_record = {"run": name, "path": result.path, "workers": placement.workers,
                   "gpu": placement.use_gpu, "cpus_per_worker": placement.cpus_per_worker,
                   "effective_batch_size": placement.workers * train_config.batch_size}
