@@ -1,5 +1,5 @@
 """Training throughput of the project's loop (`faceedit.trainer.fit`) against a bare reference loop
-of the same model and optimizer step, side by side in one run. Prints JSON lines, then a table.
+of the same model and optimizer step, side by side in one run. Prints JSON lines (stdout), then a table (stderr).
 
     python bench/bench_gpu.py --device cuda                          # H200: batch 128 and 1024
     python bench/bench_gpu.py --device cpu                           # CPU smoke (small sizes)
@@ -21,7 +21,8 @@ its `fit` the same way, in alternating rounds with the current one, so old vs ne
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import builtins
+import functools
 import importlib.util
 import json
 import os
@@ -206,7 +207,9 @@ def main() -> int:
 
 
 def _table(rows: list[dict]) -> None:
-    """project / bare (and old / project) per model, batch and compile setting, medians of rounds."""
+    """project / bare (and old / project) per model, batch and compile setting, medians of rounds;
+    to stderr (stdout holds the JSON lines)."""
+    print = functools.partial(builtins.print, file=sys.stderr)
     print(f"{'model':8} {'batch':>5} {'compile':>7} {'loop':>16} {'images/s':>10} {'x bare':>7} "
           f"{'wait':>6} {'peak MiB':>8}")
     keys = sorted({(r["model"], r["batch"], r.get("compile", False)) for r in rows},

@@ -123,9 +123,9 @@ PROFILES: dict[str, Profile] = {
         audit=dict(faces=24, strengths=(-2.0, 2.0),
                    attributes=("Smiling", "Male", "Eyeglasses", "Heavy_Makeup", "Blond_Hair")),
         eta_s=dict(synth=15, prepare=10, train=100, vectors=15, judge=35, audit=30, figures=5)),
-    # One GPU (or one per Ray worker): the wider model BENCHMARKS.md measured on the H200, at a
-    # batch a GPU wants; validation every few epochs (an epoch of 17,100 faces takes about a
-    # second there) and the best validation's weights kept, since 3 minutes are many epochs.
+    # One GPU (or one per Ray worker): the wider model of BENCHMARKS.md's H200 runs ("Training on
+    # one GPU"), at a batch a GPU wants; validation every few epochs (GPU epochs are short) and
+    # the best validation's weights kept, since 3 minutes are many epochs.
     "gpu": Profile(
         "gpu", synth_faces=20000, limit=None, image_size=64,
         model=dict(channels=(32, 64, 128, 256), blocks=1, norm="group"),

@@ -84,9 +84,8 @@ class TrainConfig:
     val_images: int = field(default=0, metadata={"help": "validate on the first N val images (0: all)"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (rank 0)"})
     val_every: int = field(default=1, metadata={"help": "validate, report and checkpoint every K "
-                           "epochs (and after the last step). On a GPU an epoch of 19,000 faces "
-                           "takes a fraction of a second: validating each one would cost more "
-                           "than the training"})
+                           "epochs (and after the last step). GPU epochs are short: validating "
+                           "each one can cost more than the training"})
     keep: Literal["best", "last"] = field(default="best", metadata={"help": "weights the run "
                                           "returns (and writes to the bundle): best: those of the "
                                           "best validation (the objective's selection metric, "
