@@ -12,6 +12,7 @@ flips, movement budgets), which is why the comparison is made at equal efficacy.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
-from faceedit.audit import edit_stats, logit_sd, median_pair_distance, select_faces
+from faceedit.audit import EditScores, EditStats, edit_stats, logit_sd, median_pair_distance, select_faces
 from faceedit.cache import to_float
 from faceedit.metrics import psnr
 from faceedit.report import leak_at_efficacy
@@ -126,7 +127,7 @@ class CompareConfig:
 class Comparison:
     attributes: tuple[str, ...]
     methods: tuple[str, ...]
-    edits: dict[str, dict[str, dict[float, dict[str, Any]]]]  # method -> attr -> strength -> edit_stats
+    edits: dict[str, dict[str, dict[float, EditStats]]]  # method -> attr -> strength -> edit_stats
     reconstruction_psnr: dict[str, float]  # method -> mean dB of its reconstruction vs the original
     can_judge: np.ndarray  # (40,)
     faces: dict[str, dict[str, int]]  # attr -> {"without", "with"}
@@ -141,11 +142,12 @@ def compare(cache, judge, methods: Sequence[EditMethod], config: CompareConfig =
     from tqdm import tqdm
 
     score = judge.model.score
-    full_table, _ = select_faces(cache, ATTRIBUTES, config)
+    full_table = select_faces(cache, ATTRIBUTES, config).rows
     orig_all = np.concatenate([score(to_float(cache.images[full_table[i: i + 256]]))[0].float().numpy()
                                for i in range(0, len(full_table), 256)])
     sd = logit_sd(orig_all)
-    table, slots = select_faces(cache, config.attributes, config)
+    selection = select_faces(cache, config.attributes, config)
+    table, slots = selection.rows, selection.slots
     edits: dict = {m.name: {} for m in methods}
     recon_db: dict[str, list[float]] = {m.name: [] for m in methods}
     rec_feats: dict[str, list[np.ndarray]] = {m.name: [] for m in methods}
@@ -175,8 +177,10 @@ def compare(cache, judge, methods: Sequence[EditMethod], config: CompareConfig =
     scale = {name: median_pair_distance(np.concatenate(f)) for name, f in rec_feats.items()}
     for (name, attr, s), p in parts.items():
         cat = [np.concatenate([q[i] for q in p]) for i in range(6)]
-        edits[name].setdefault(attr, {})[s] = edit_stats(
-            attr, s, cat[0], cat[1], cat[2], sd, judge.can_judge, cat[3], scale[name], cat[4], cat[5])
+        scores = EditScores(edited=cat[0], rec=cat[1], orig=cat[2], feature_distance=cat[3], psnr=cat[4],
+                            labels=cat[5])
+        edits[name].setdefault(attr, {})[s] = edit_stats(attr, s, scores, sd=sd, can_judge=judge.can_judge,
+                                                         feature_scale=scale[name])
     return Comparison(tuple(config.attributes), tuple(m.name for m in methods), edits,
                       {k: float(np.concatenate(v).mean()) for k, v in recon_db.items()},
                       np.asarray(judge.can_judge),
@@ -195,7 +199,7 @@ def at_equal_efficacy(comp: Comparison, attr: str, watch: str = "Male",
     curves = {}
     for m in comp.methods:
         by_s = comp.edits[m].get(attr, {})
-        pts = [(sign * by_s[s]["efficacy"], by_s[s]) for s in sorted(by_s, key=abs) if (s > 0) == positive]
+        pts = [(sign * by_s[s].efficacy, by_s[s]) for s in sorted(by_s, key=abs) if (s > 0) == positive]
         if pts:
             curves[m] = pts
     if not curves:
@@ -206,9 +210,9 @@ def at_equal_efficacy(comp: Comparison, attr: str, watch: str = "Male",
         def at(get) -> float:
             return leak_at_efficacy([(e, float(get(st))) for e, st in pts], target) if target > 0 else math.nan
 
-        out[m] = {"leak_mean": at(lambda st: st["leak_mean"]),
-                  watch: at(lambda st: st["leakage"][w]),
-                  "psnr": at(lambda st: st["psnr"]), "identity": at(lambda st: st["identity_feature"])}
+        out[m] = {"leak_mean": at(lambda st: st.leak_mean),
+                  watch: at(lambda st: st.leakage[w]),
+                  "psnr": at(lambda st: st.psnr), "identity": at(lambda st: st.identity_feature)}
     return out
 
 
@@ -222,10 +226,10 @@ def comparison_markdown(comp: Comparison, watch: str = "Male") -> str:
                   "mean leak (sd) | identity |", "|---|---|---|---|---|---|---|"]
         for m in comp.methods:
             for s, st in sorted(comp.edits[m].get(attr, {}).items()):
-                se = st["leakage_se"][w]
-                lines.append(f"| {m} | {s:+g} | {st['faces']} | {st['efficacy']:+.2f} | "
-                             f"{st['leakage'][w]:+.2f} ± {se:.2f} | {st['leak_mean']:.3f} | "
-                             f"{st['identity_feature']:.2f} |")
+                se = st.leakage_se[w]
+                lines.append(f"| {m} | {s:+g} | {st.faces} | {st.efficacy:+.2f} | "
+                             f"{st.leakage[w]:+.2f} ± {se:.2f} | {st.leak_mean:.3f} | "
+                             f"{st.identity_feature:.2f} |")
         for positive in (True, False):
             eq = at_equal_efficacy(comp, attr, watch, positive)
             if not math.isfinite(eq["efficacy"]):
@@ -245,10 +249,11 @@ def comparison_markdown(comp: Comparison, watch: str = "Male") -> str:
 
 def comparison_json(comp: Comparison, watch: str = "Male") -> dict[str, Any]:
     """JSON-ready: every edit's summary numbers (leakage as {attribute: sd} for the judgeable ones)."""
-    def clean(st: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in st.items() if not isinstance(v, np.ndarray)}
-        out["leakage"] = {a: float(st["leakage"][i]) for i, a in enumerate(ATTRIBUTES) if comp.can_judge[i]}
-        out["leakage_se"] = {a: float(st["leakage_se"][i]) for i, a in enumerate(ATTRIBUTES) if comp.can_judge[i]}
+    def clean(st: EditStats) -> dict[str, Any]:
+        out = {f.name: v for f in dataclasses.fields(st) for v in [getattr(st, f.name)]
+               if not isinstance(v, np.ndarray)}
+        out["leakage"] = {a: float(st.leakage[i]) for i, a in enumerate(ATTRIBUTES) if comp.can_judge[i]}
+        out["leakage_se"] = {a: float(st.leakage_se[i]) for i, a in enumerate(ATTRIBUTES) if comp.can_judge[i]}
         return out
 
     return {"attributes": list(comp.attributes), "methods": list(comp.methods), "faces": comp.faces,

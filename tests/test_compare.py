@@ -49,17 +49,17 @@ def test_the_conditional_edit_moves_the_target_and_not_male_as_naive_does(compar
     male = attribute_index("Male")
     naive = comparison.edits["naive"]["Smiling"][2.0]
     cond = comparison.edits["conditional"]["Smiling"][1.0]
-    assert naive["efficacy"] > 0.3 and cond["efficacy"] > 0.3
-    assert naive["leakage"][male] > 1.0  # the naive vector is Male + Smiling
-    assert abs(cond["leakage"][male]) < 1e-4 and abs(comparison.edits["balanced"]["Smiling"][2.0]["leakage"][male]) < 1e-4
-    assert cond["faces"] == 30
+    assert naive.efficacy > 0.3 and cond.efficacy > 0.3
+    assert naive.leakage[male] > 1.0  # the naive vector is Male + Smiling
+    assert abs(cond.leakage[male]) < 1e-4 and abs(comparison.edits["balanced"]["Smiling"][2.0].leakage[male]) < 1e-4
+    assert cond.faces == 30
     # every method reconstructs this world exactly (up to 8-bit pixels)
     assert min(comparison.reconstruction_psnr.values()) > 40
 
 
 def test_methods_are_compared_where_their_efficacies_are_equal(comparison):
     eq = at_equal_efficacy(comparison, "Smiling", "Male", positive=True)
-    largest = [max(st["efficacy"] for s, st in comparison.edits[m]["Smiling"].items() if s > 0)
+    largest = [max(st.efficacy for s, st in comparison.edits[m]["Smiling"].items() if s > 0)
                for m in comparison.methods]
     assert eq["efficacy"] == pytest.approx(min(largest))
     assert eq["naive"]["Male"] > 0.5 and abs(eq["conditional"]["Male"]) < 1e-4
