@@ -136,7 +136,7 @@ def test_check_face_refuses_small_and_profile_faces():
     with pytest.raises(AlignError, match=rf"too small to use: {MIN_FACE - 4} px across, expected at least {MIN_FACE} px"):
         check_face(small)
     profile = canon.copy()
-    profile[2, 0] = canon[1, 0] + 5  # nose beyond the far eye: turned to the side
+    profile[2, 0] = canon[1, 0] + 15  # nose well past the far eye: turned to the side
     with pytest.raises(AlignError, match="profile view"):
         check_face(Face((0, 0, 100, 120), profile, 0.99))
 
