@@ -3,7 +3,8 @@
 The model only knows CelebA's framing: faces rotated and scaled so that the eyes, nose and mouth
 corners sit at fixed positions in a 178x218 frame. A user's photo is brought into that frame by a
 similarity transform (rotation, uniform scale, shift; Umeyama 1991 least squares, no reflection)
-from five detected landmarks to their canonical positions; the canonical positions are the robust
+from five detected landmarks to their canonical positions, each landmark weighted by how
+consistently the detector finds it (`landmark_weights`); the canonical positions are the robust
 means of the same detector's landmarks on the aligned CelebA faces (`scripts/canonical_landmarks.py`
 regenerates `faceedit/data/celeba_landmarks.json`), so the detector's own bias cancels.
 
@@ -105,21 +106,35 @@ def robust_mean(points: np.ndarray, k: float = 3.0) -> np.ndarray:
     return points[keep].mean(axis=0)
 
 
-def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+def landmark_weights() -> np.ndarray:
+    """How much each landmark counts in the fit: 1 / its median scatter squared on CelebA's aligned
+    faces (celeba_landmarks.json), normalised to sum 1 -> (5,). The eyes, found consistently, count
+    most; the nose, whose detected tip wanders most, least."""
+    data = json.loads(resources.files("faceedit.data").joinpath("celeba_landmarks.json").read_text())
+    w = 1.0 / np.array([data["median_distance_px"][n] for n in LANDMARKS], dtype=np.float64) ** 2
+    return w / w.sum()
+
+
+def similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """Least-squares similarity transform (rotation, uniform scale, shift) taking src to dst.
 
     Umeyama 1991, "Least-squares estimation of transformation parameters between two point
-    patterns", with the reflection excluded. (N, 2) x2 -> (2, 3) float64.
+    patterns", with the reflection excluded; `weights` (N,) make it a weighted least squares
+    (equal weights by default). (N, 2) x2 -> (2, 3) float64.
     """
     src, dst = np.asarray(src, dtype=np.float64), np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or len(src) < 2:
         raise ValueError(f"similarity: expected two (N, 2) point sets with N >= 2, got {src.shape} and {dst.shape}")
-    mu_s, mu_d = src.mean(0), dst.mean(0)
+    w = np.full(len(src), 1.0 / len(src)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(src),) or not (w >= 0).all() or w.sum() <= 0:
+        raise ValueError(f"similarity: expected {len(src)} non-negative weights, got {w}")
+    w = w / w.sum()
+    mu_s, mu_d = w @ src, w @ dst
     s, d = src - mu_s, dst - mu_d
-    var = (s ** 2).sum() / len(src)
+    var = float(w @ (s ** 2).sum(1))
     if var < 1e-12:
         raise ValueError("similarity: the source points coincide")
-    cov = d.T @ s / len(src)  # (2, 2)
+    cov = (d * w[:, None]).T @ s  # (2, 2)
     u, sig, vt = np.linalg.svd(cov)
     sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
     rot = u @ sign @ vt
@@ -262,7 +277,7 @@ def align_photo(photo: np.ndarray, face: int | None = None, detector: Detector |
                          "from the largest")
     chosen = faces[index]
     check_face(chosen)
-    m = similarity(chosen.landmarks, canonical)
+    m = similarity(chosen.landmarks, canonical, landmark_weights())
     return Alignment(warp(photo, m), m, chosen, index, tuple(faces), (w, h))
 
 

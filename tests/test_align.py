@@ -50,6 +50,23 @@ def test_similarity_recovers_a_known_transform_from_constructed_landmarks():
     assert np.linalg.det(similarity(mirrored, canon)[:, :2]) > 0
 
 
+def test_weighted_similarity_trusts_the_steady_landmarks():
+    from faceedit.align import landmark_weights
+
+    canon = canonical_landmarks()
+    m_true = _similarity(-8.0, 1.7, -30.0, 12.0)
+    true_points = apply(invert(m_true), canon)
+    found = true_points.copy()
+    found[2] += [9.0, -6.0]  # the nose tip found off its place (it wanders most)
+    w = landmark_weights()
+    assert w.argmax() in (0, 1) and w.argmin() == 2 and w.sum() == pytest.approx(1.0)
+    err = {k: np.abs(apply(similarity(found, canon, ww), true_points) - canon).max()
+           for k, ww in (("equal", None), ("weighted", w))}
+    assert err["weighted"] < err["equal"] / 2
+    with pytest.raises(ValueError, match="non-negative weights"):
+        similarity(found, canon, -w)
+
+
 def test_similarity_rejects_bad_points():
     with pytest.raises(ValueError, match="coincide"):
         similarity(np.ones((5, 2)), canonical_landmarks())
@@ -183,7 +200,8 @@ def test_real_photos_align_and_the_editor_frame_is_celeba(real_faces):
         photo = np.asarray(Image.open(path).convert("RGB"))
         got = align_photo(photo)
         assert got.image.shape == (218, 178, 3) and got.face.score > 0.9
-        np.testing.assert_allclose(apply(got.matrix, got.face.landmarks), canonical_landmarks(), atol=6)
+        off = np.linalg.norm(apply(got.matrix, got.face.landmarks) - canonical_landmarks(), axis=1)
+        assert off[[0, 1, 3, 4]].max() < 6 and off[2] < 10  # eyes and mouth close; the nose looser
 
 
 # ---------------------------------------------------------------------------- bad input, through the CLI

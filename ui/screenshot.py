@@ -28,6 +28,7 @@ def free_port() -> int:
 
 def drag(page, selector: str, fraction: float) -> None:
     """Drag a range input's thumb from its centre to `fraction` of its width."""
+    page.locator(selector).scroll_into_view_if_needed()  # mouse events land only inside the viewport
     box = page.locator(selector).bounding_box()
     y = box["y"] + box["height"] / 2
     page.mouse.move(box["x"] + box["width"] / 2, y)
