@@ -1,18 +1,23 @@
 """Editor latency: an edit (decode only) in the library, and the full API round trip via gradio_client.
 
     .venv/bin/python bench/bench_editor.py [--bundle B --bank K] [--edits 200] [--threads 1 2]
+        [--api-edits 50] [--clients 20] [--baseline OLD_CHECKOUT --rounds 2] [--api-only]
 
-The round trip is measured against `faceedit serve` in its own process (as a user runs it): one
-client editing in sequence, then `--clients` clients at once, 10 edits each.
+The round trip is measured against `faceedit serve` in its own process (as a user runs it), on
+127.0.0.1: one client editing in sequence, then `--clients` clients at once, `--api-edits` edits
+each; an edit's time runs until the edited image's bytes are in hand (inline, or fetched from its
+file URL as a browser does). With --baseline, an older checkout's server is measured the same way,
+alternating with this tree's, and the ratios old/new come from the same run.
 
 Uses runs/bundle-real64 + runs/bank-real64 when they exist (or --bundle/--bank), else builds a tiny
 untrained model and bank in a temporary folder, and says which in the JSON ("model"). Prints one
-JSON object: milliseconds p50/p95 per measurement, the machine's core count and torch threads.
+JSON object: milliseconds p50/p95 and errors per measurement, the machine's core count and load.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import socket
@@ -24,6 +29,7 @@ import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,14 +88,16 @@ def bench_library(editor: Editor, z: torch.Tensor, edits: int, threads: int) -> 
     return percentiles(times)
 
 
-def serve(bundle: Path, bank: Path) -> tuple[subprocess.Popen, str]:
-    """`faceedit serve` in its own process (so client threads here do not share its GIL) -> URL."""
+def serve(bundle: Path, bank: Path, tree: Path = REPO) -> tuple[subprocess.Popen, str]:
+    """`faceedit serve` of the code in `tree`, in its own process (so client threads here do not
+    share its GIL), on 127.0.0.1 at a free port -> (process, URL)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "faceedit.cli", "serve", "--bundle", str(bundle), "--bank", str(bank),
            "--port", str(port)]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -102,32 +110,54 @@ def serve(bundle: Path, bank: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"{' '.join(cmd)} did not answer within 120 s")
 
 
-def client_session(url: str, photo: Path | None, edits: int, seed: int) -> list[float]:
-    """One user: encode once, then `edits` edits; seconds per edit (including fetching the PNG)."""
+def image_bytes(value: Any, url: str) -> bytes:
+    """The bytes of an image output as the page gets them: inline (a data URL) or one more request
+    for its file URL (what a browser does with an <img src>)."""
+    link = value.get("url") if isinstance(value, dict) else None
+    if not link:
+        raise RuntimeError(f"no image in the answer: {value!r}")
+    if link.startswith("data:"):
+        return base64.b64decode(link.split(",", 1)[1])
+    with urllib.request.urlopen(link if "://" in link else url.rstrip("/") + "/" + link.lstrip("/"),
+                                timeout=60) as r:
+        return r.read()
+
+
+def client_session(url: str, photo: Path | None, edits: int, seed: int) -> tuple[list[float], int]:
+    """One user: a face (the photo, or a prior sample), then `edits` edits -> (seconds per edit,
+    until the edited image's bytes are in hand; errors)."""
     from gradio_client import Client, handle_file
 
-    client = Client(url, verbose=False)
+    client = Client(url, verbose=False, download_files=False)
     if photo is not None:
         client.predict(handle_file(str(photo)), api_name="/encode")
     else:
         client.predict(seed, api_name="/sample")
-    times = []
+    times, errors = [], 0
     for s in strengths_sequence(edits, np.random.default_rng(seed)):
         start = time.perf_counter()
-        client.predict(s, "balanced", False, api_name="/edit")
+        try:
+            out = client.predict(s, "balanced", False, api_name="/edit")
+            image_bytes(out[0], url)
+        except Exception:  # counted: the figure is errors, not a crash of the bench
+            errors += 1
+            continue
         times.append(time.perf_counter() - start)
-    return times
+    return times, errors
 
 
 def bench_api(url: str, photo: Path | None, edits: int, clients: int) -> dict:
     client_session(url, photo, 5, 99)  # warm-up
-    one = client_session(url, photo, edits, 0)
+    one, one_errors = client_session(url, photo, edits, 0)
     with ThreadPoolExecutor(clients) as pool:
         start = time.perf_counter()
-        many = [t for r in pool.map(lambda i: client_session(url, photo, 10, i), range(clients)) for t in r]
+        runs = list(pool.map(lambda i: client_session(url, photo, edits, i), range(clients)))
         wall = time.perf_counter() - start
-    return {"one_client": percentiles(one),
-            f"{clients}_clients_x_10_edits": dict(percentiles(many), wall_s=round(wall, 1))}
+    many = [t for times, _ in runs for t in times]
+    errors = sum(e for _, e in runs)
+    return {"one_client": dict(percentiles(one), errors=one_errors),
+            f"{clients}_clients_x_{edits}_edits": dict(percentiles(many), errors=errors, wall_s=round(wall, 1),
+                                                     edits_per_s=round(len(many) / wall, 1))}
 
 
 def main() -> None:
@@ -135,9 +165,15 @@ def main() -> None:
     p.add_argument("--bundle", type=Path, default=None)
     p.add_argument("--bank", type=Path, default=None)
     p.add_argument("--edits", type=int, default=200)
-    p.add_argument("--api-edits", type=int, default=100)
+    p.add_argument("--api-edits", type=int, default=50, help="edits per client, one client and each "
+                   "of the --clients (default: 50)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--clients", type=int, default=20, help="concurrent clients of the load measurement")
+    p.add_argument("--api-only", action="store_true", help="skip the library (decode-only) figures")
+    p.add_argument("--baseline", type=Path, default=None, help="a checkout of older code (e.g. `git "
+                   "worktree add --detach /tmp/base 9c096b7`): its server is measured the same way, "
+                   "alternately with this tree's, and the ratios are reported")
+    p.add_argument("--rounds", type=int, default=1, help="alternations of baseline and this tree")
     args = p.parse_args()
 
     tmp = None
@@ -158,14 +194,27 @@ def main() -> None:
         "model": which, "image_size": cfg.image_size, "latent_dim": cfg.latent_dim,
         "cpu_count": os.cpu_count(), "load_average": os.getloadavg()[0],
         "photo": str(photo) if photo else "prior sample",
-        "edit_decode_only": {f"threads={t}": bench_library(editor, z, args.edits, t) for t in args.threads},
     }
-    proc, url = serve(bundle, bank)
-    try:
-        result["api_round_trip"] = bench_api(url, photo, args.api_edits, args.clients)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    if not args.api_only:
+        result["edit_decode_only"] = {f"threads={t}": bench_library(editor, z, args.edits, t)
+                                      for t in args.threads}
+    trees = {"this": REPO} if args.baseline is None else {"baseline": args.baseline, "this": REPO}
+    rounds: dict[str, list[dict]] = {name: [] for name in trees}
+    for _ in range(args.rounds):
+        for name, tree in trees.items():
+            proc, url = serve(bundle, bank, tree)
+            try:
+                rounds[name].append(bench_api(url, photo, args.api_edits, args.clients))
+            finally:
+                proc.terminate()
+                proc.wait(timeout=30)
+    result["api_round_trip"] = {name: runs if len(runs) > 1 else runs[0] for name, runs in rounds.items()}
+    if args.baseline is not None:
+        key = f"{args.clients}_clients_x_{args.api_edits}_edits"
+        ratio = lambda part, stat: round(statistics.median(r[part][stat] for r in rounds["baseline"])
+                                         / statistics.median(r[part][stat] for r in rounds["this"]), 2)
+        result["baseline_over_this"] = {"one_client_p50": ratio("one_client", "p50_ms"),
+                                        "load_p50": ratio(key, "p50_ms"), "load_p95": ratio(key, "p95_ms")}
     result["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
     if tmp is not None:
