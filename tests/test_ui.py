@@ -7,6 +7,7 @@ the real save_bundle / build_bank APIs; uploads are the real photos of ../shared
 
 from __future__ import annotations
 
+import base64
 import io
 import socket
 import statistics
@@ -36,6 +37,15 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 # ---------------------------------------------------------------------------- fixtures
+
+def picture(value) -> Image.Image:
+    """An image output of the API: sent inline as a data: URL (ui/app.py InlineImage), or a file."""
+    if isinstance(value, dict):
+        value = value["url"]
+    if isinstance(value, str) and value.startswith("data:image/"):
+        return Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1])))
+    return Image.open(value)
+
 
 def write_cache(root: Path, n: int = N, size: int = SIZE, seed: int = 0) -> Path:
     """A tiny cache in the format of faceedit/cache.py whose pictures show their labels.
@@ -360,29 +370,29 @@ def test_api_encode_edit(server, real_faces, editor):
     assert {"/encode", "/edit", "/sample", "/interpolate", "/example", "/download"} <= names
     crop, original, recon, edited, pasted, found = client.predict(handle_file(str(real_faces[0])),
                                                                    api_name="/encode")
-    assert Image.open(pasted).size == Image.open(real_faces[0]).size and "1 face found" in found
-    recon_px = np.asarray(Image.open(recon))
+    assert picture(pasted).size == Image.open(real_faces[0]).size and "1 face found" in found
+    recon_px = np.asarray(picture(recon))
     assert recon_px.shape == (SIZE, SIZE, 3)
     assert np.array_equal(recon_px, editor.encode(real_faces[0]).reconstruction)
     same, _, _, _ = client.predict({a: 0.0 for a in FEATURED}, "balanced", False, api_name="/edit")
-    assert np.array_equal(np.asarray(Image.open(same)), recon_px)
+    assert np.array_equal(np.asarray(picture(same)), recon_px)
     moved, naive, balanced, _ = client.predict({"Smiling": 2.0}, "balanced", True, api_name="/edit")
-    moved_px = np.asarray(Image.open(moved))
+    moved_px = np.asarray(picture(moved))
     assert not np.array_equal(moved_px, recon_px)
-    assert np.array_equal(moved_px, np.asarray(Image.open(balanced)))
-    assert not np.array_equal(np.asarray(Image.open(naive)), moved_px)
+    assert np.array_equal(moved_px, np.asarray(picture(balanced)))
+    assert not np.array_equal(np.asarray(picture(naive)), moved_px)
     small, big, photo = client.predict({"Smiling": 2.0}, "balanced", api_name="/download")
     assert Image.open(photo).size == Image.open(real_faces[0]).size
     assert np.array_equal(np.asarray(Image.open(small)), moved_px)
     assert Image.open(big).size == (4 * SIZE, 4 * SIZE)
     strip = client.predict(None, 5, 4, api_name="/interpolate")
-    assert Image.open(strip).size == (4 * SIZE * STRIP_ZOOM, SIZE * STRIP_ZOOM)
+    assert picture(strip).size == (4 * SIZE * STRIP_ZOOM, SIZE * STRIP_ZOOM)
     _, _, sample, _, no_photo, _ = client.predict(7, api_name="/sample")
     assert no_photo is None  # a prior sample has no photo to paste into
-    assert np.array_equal(np.asarray(Image.open(sample)), editor.sample(7)[1])
+    assert np.array_equal(np.asarray(picture(sample)), editor.sample(7)[1])
     _, face, recon_ex, _, _, _ = client.predict(0, api_name="/example")
-    assert np.array_equal(np.asarray(Image.open(face)), editor.examples()[0][0])
-    assert np.array_equal(np.asarray(Image.open(recon_ex)), editor.encode_example(0).reconstruction)
+    assert np.array_equal(np.asarray(picture(face)), editor.examples()[0][0])
+    assert np.array_equal(np.asarray(picture(recon_ex)), editor.encode_example(0).reconstruction)
 
 
 def test_api_bad_files_are_clean_errors_and_server_keeps_serving(server, bad_files, real_faces):
@@ -397,7 +407,7 @@ def test_api_bad_files_are_clean_errors_and_server_keeps_serving(server, bad_fil
     with pytest.raises(AppError, match="no face"):  # a new session has no face yet
         Client(server, verbose=False).predict({"Smiling": 1.0}, "balanced", False, api_name="/edit")
     out = client.predict(handle_file(str(real_faces[1])), api_name="/encode")  # still serving
-    assert Image.open(out[2]).size == (SIZE, SIZE)
+    assert picture(out[2]).size == (SIZE, SIZE)
 
 
 def test_upload_size_is_capped_by_the_server(server, tmp_path):

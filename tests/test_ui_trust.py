@@ -116,10 +116,11 @@ def test_downloads_and_images_are_pruned_and_removed_on_close(paths, tmp_path):
     os.utime(first, (old, old))
     second = Path(h.download(z.numpy(), {"Male": 1.0}, "balanced")[0]).parent
     assert not first.exists() and second.exists(), "a download older than keep_s is deleted"
-    png = Path(h.png(np.zeros((4, 4, 3), np.uint8)))
-    os.utime(png, (old, old))
-    prune_older(h.png.folder, h.keep_s)
-    assert not png.exists()
+    h.edit(z.numpy(), {"Smiling": 1.0}, "balanced", True)  # rendered faces go inline, not to disk
+    h.sample(3)
+    assert [p.name for p in h.work.iterdir()] == ["downloads"]
+    prune_older(h.download_dir, 0)
+    assert list(h.download_dir.iterdir()) == []
     work = h.work
     assert work.is_dir()
     h.close()

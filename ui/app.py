@@ -6,28 +6,37 @@ named API endpoint for `gradio_client`: /encode (a photo file, align on/off, whi
 returns the edit pasted back into the uploaded photo),
 /interpolate (face B's file or seed, steps) and /download. The encoded z is kept per session in a
 `gr.State`, so an edit only decodes; so is the uploaded photo with its alignment (in memory only:
-nothing from an upload is written to disk except the images shown and downloaded).
+nothing from an upload is written to disk except what is downloaded).
+
+Images go to the page inside the answer (data: URLs, `InlineImage`), at the size the page shows
+them: nothing is written for them and the page makes no second request. /edit, the slider's
+event, is not queued: the page sends one POST and gets one answer (bench/bench_editor.py,
+BENCHMARKS.md). What is kept, and for how long: KEEP_MINUTES, README "What the editor keeps".
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import functools
-import hashlib
+import io
 import json
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
+from gradio.data_classes import ImageData
+from PIL import Image
 
 from faceedit.attributes import ATTRIBUTES, FEATURED
-from faceedit.editor import (COMPARE_METHODS, MAX_STEPS, STRENGTH_LIMIT, Editor, png_bytes,
+from faceedit.editor import (COMPARE_METHODS, MAX_STEPS, STRENGTH_LIMIT, Editor, Placement, png_bytes,
                              save_downloads, upscale)
 from faceedit.files import atomic_write_bytes
 
@@ -42,7 +51,8 @@ MORE = tuple(a for a in ATTRIBUTES if a not in FEATURED)
 SLIDER_ORDER = (*FEATURED, *MORE)  # the order of the slider components, and of the packing below
 PER_ROW = 4
 STRIP_ZOOM = 2  # /interpolate returns the strip enlarged this many times
-PASTED_SIDE = 1024  # the pasted-back photo is shown at most this large (downloaded at full size)
+SHOWN_SIDE = 640  # the pasted-back photo is shown at most this large, twice its height on the page
+# (downloaded at full size)
 ALIGN_CHOICES = ("align the face (detect it)", "centre crop (no detection)")
 MAX_SEED = 2**63 - 1  # torch.Generator's seeds
 MAX_FACES = 99  # the face number a photo with several faces may ask for
@@ -111,37 +121,55 @@ def whole(value: Any, what: str, low: int, high: int) -> int:
     return number
 
 
-class ImageFiles:
-    """Images handed to Gradio as PNG files written atomically, one per distinct content.
+def data_url(image: np.ndarray | None, jpeg: bool = False) -> str | None:
+    """An image for the page, inside the answer: a data: URL of its PNG (exact pixels; the faces are
+    64 px) or, for a photo, its JPEG (quality 90: a PNG of a photo costs tens of ms to encode and
+    ten times the bytes). Nothing is written to disk and the page makes no second request."""
+    if image is None:
+        return None
+    if not jpeg:
+        return "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode("ascii")
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
-    Gradio 6.31 saves a returned numpy image to `<cache>/<content hash>/image.png` with a plain
-    write, so two sessions that produce the same picture at once (the same example face, say) can
-    serve each other a half-written file. A file path is instead copied into its cache under a
-    temporary name and renamed. Files older than `keep_s` are removed as new ones are written.
-    """
 
-    def __init__(self, folder: Path, keep_s: float = KEEP_MINUTES * 60.0):
-        self.folder, self.keep_s = folder, keep_s
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock, self._pruned = threading.Lock(), time.time()
+class InlineImage(gr.Image):
+    """gr.Image whose value may be a data: URL (`data_url`), passed to the page as it is: Gradio
+    would write a returned image to its cache and the page fetch it in a second request."""
 
-    def __call__(self, image: np.ndarray | None) -> str | None:
-        if image is None:
-            return None
-        data = png_bytes(image)
-        path = inside(self.folder, f"{hashlib.sha256(data).hexdigest()[:32]}.png")
-        if not path.exists():
-            atomic_write_bytes(path, data)
-        self.prune()
-        return str(path)
+    def get_block_name(self) -> str:
+        return "image"  # the same component in the page
 
-    def prune(self) -> None:
-        """Delete what is older than keep_s (looked at no more than once a minute)."""
-        with self._lock:
-            if time.time() - self._pruned < min(60.0, self.keep_s):
-                return
-            self._pruned = time.time()
-        prune_older(self.folder, self.keep_s)
+    def postprocess(self, value: Any) -> ImageData | None:
+        if isinstance(value, str) and value.startswith("data:image/"):
+            return ImageData(url=value, mime_type=value[5:value.index(";")], orig_name="faceedit.png")
+        return super().postprocess(value)
+
+
+@dataclass(frozen=True)
+class PhotoState:
+    """An uploaded photo's placement (for the full-size download) and the same at the size the page
+    shows it (every edit is pasted into this one: at most SHOWN_SIDE px)."""
+
+    full: Placement
+    shown: Placement
+
+
+def shown_placement(placement: Placement, side: int) -> Placement:
+    """The placement of the photo shrunk to at most `side` px (BOX): its transform scaled to match."""
+    h, w = placement.photo.shape[:2]
+    k = side / max(h, w)
+    if k >= 1:
+        return placement
+    small = np.asarray(Image.fromarray(placement.photo).resize((round(w * k), round(h * k)),
+                                                              Image.Resampling.BOX))
+    sx, sy = small.shape[1] / w, small.shape[0] / h
+    matrix = np.array(placement.alignment.matrix, dtype=np.float64)  # photo -> aligned frame
+    matrix[:, 0] /= sx  # small photo pixel (x k) -> frame: the linear part divided by the scale
+    matrix[:, 1] /= sy
+    alignment = dataclasses.replace(placement.alignment, matrix=matrix)
+    return dataclasses.replace(placement, photo=small, alignment=alignment)
 
 
 def prune_older(folder: Path, keep_s: float) -> None:
@@ -163,15 +191,14 @@ class Handlers:
         self.editor, self.keep_s = editor, keep_s
         self.own_work = download_dir is None  # a temporary folder of ours: removed by close()
         self.work = Path(download_dir or tempfile.mkdtemp(prefix="faceedit-ui-"))
-        self.download_dir, self.png = self.work / "downloads", ImageFiles(self.work / "images", keep_s)
+        self.download_dir, self.png = self.work / "downloads", data_url
 
     def close(self) -> None:
         """Delete what this page wrote (its temporary folder; or, for a given folder, its files)."""
         if self.own_work:
             shutil.rmtree(self.work, ignore_errors=True)
         else:
-            for sub in (self.download_dir, self.png.folder):
-                shutil.rmtree(sub, ignore_errors=True)
+            shutil.rmtree(self.download_dir, ignore_errors=True)
 
     @_sentences("read that photo")
     def encode(self, photo: str | None, align: str = ALIGN_CHOICES[0], face: float | None = 0):
@@ -188,9 +215,11 @@ class Handlers:
             if "no face found" in msg:
                 msg += f" (choose \"{ALIGN_CHOICES[1]}\" to edit the photo's centre as it is)"
             raise _fail(ValueError(msg)) from None
-        pasted = self._shown(enc.placement.photo) if enc.placement is not None else None
-        return (*self._faces(enc.z, enc.preview, enc.face, enc.reconstruction), enc.placement, pasted,
-                enc.message)
+        state, pasted = None, None
+        if enc.placement is not None:
+            state = PhotoState(enc.placement, shown_placement(enc.placement, SHOWN_SIDE))
+            pasted = self.png(state.shown.photo, jpeg=True)
+        return (*self._faces(enc.z, enc.preview, enc.face, enc.reconstruction), state, pasted, enc.message)
 
     def reencode(self, photo: str | None, align: str, face: float | None):
         """The framing or the face number changed: encode the photo again (nothing without one)."""
@@ -201,16 +230,6 @@ class Handlers:
     def _faces(self, z, preview, face, reconstruction):
         png = self.png
         return z.numpy(), png(preview), png(face), png(reconstruction), png(reconstruction)
-
-    def _shown(self, photo: np.ndarray) -> str:
-        """A (possibly large) photo as shown on the page: at most PASTED_SIDE px."""
-        h, w = photo.shape[:2]
-        k = PASTED_SIDE / max(h, w)
-        if k < 1:
-            from PIL import Image
-
-            photo = np.asarray(Image.fromarray(photo).resize((round(w * k), round(h * k)), Image.Resampling.BOX))
-        return self.png(photo)
 
     def _no_photo(self, *outputs):
         """After an example or a prior sample: no photo to paste into."""
@@ -235,7 +254,8 @@ class Handlers:
         as they are); pasted: the edit put back into the uploaded photo (none for other faces)."""
         try:
             edited = self.editor.edit(z, strengths or {}, method)
-            pasted = self._shown(self.editor.paste(placement, edited)) if placement is not None else None
+            pasted = (self.png(self.editor.paste(_shown(placement), edited), jpeg=True)
+                      if placement is not None else None)
             if not compare:
                 return self.png(edited), gr.skip(), gr.skip(), pasted
             both = self.editor.compare(z, strengths or {}, COMPARE_METHODS)
@@ -264,7 +284,7 @@ class Handlers:
         the photo with the edit pasted back at its own resolution."""
         try:
             image = self.editor.edit(z, strengths or {}, method)
-            pasted = self.editor.paste(placement, image) if placement is not None else None
+            pasted = self.editor.paste(_full(placement), image) if placement is not None else None
         except ValueError as e:
             raise _fail(e) from None
         # A folder named here, never from the request (a client chooses its session hash).
@@ -279,13 +299,21 @@ class Handlers:
         return paths
 
 
+def _shown(placement: PhotoState | Placement) -> Placement:
+    return placement.shown if isinstance(placement, PhotoState) else placement
+
+
+def _full(placement: PhotoState | Placement) -> Placement:
+    return placement.full if isinstance(placement, PhotoState) else placement
+
+
 def _selected(event: gr.SelectData) -> tuple[int, None]:
     """The picked example's index; the photo box is cleared (it no longer shows the face edited)."""
     return event.index, None
 
 
 def _face(label: str, elem_id: str, height: int = 240) -> gr.Image:
-    return gr.Image(label=label, elem_id=elem_id, type="filepath", format="png", height=height,
+    return InlineImage(label=label, elem_id=elem_id, type="filepath", format="png", height=height,
                     interactive=False, elem_classes=["face"], buttons=["download", "fullscreen"])
 
 
@@ -343,7 +371,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                                      elem_id="align", scale=3)
                     face_no = gr.Number(value=0, precision=0, minimum=0, label="face (0 = largest)",
                                         elem_id="face-no", scale=1, min_width=80)
-                crop = gr.Image(label="Detected face (yellow), landmarks, crop (blue) | aligned face",
+                crop = InlineImage(label="Detected face (yellow), landmarks, crop (blue) | aligned face",
                                 elem_id="crop", type="filepath", format="png", height=220, interactive=False)
                 found = gr.Markdown("", elem_id="found")
                 gallery = gr.Gallery(value=[im for im, _ in editor.examples()], elem_id="examples",
@@ -359,7 +387,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                     original = _face("Original (aligned crop)", "original")
                     recon = _face("Reconstruction", "reconstruction")
                     edited = _face("Edited", "edited")
-                pasted = gr.Image(label="The edit pasted back into your photo (downloaded at full size)",
+                pasted = InlineImage(label="The edit pasted back into your photo (downloaded at full size)",
                                   elem_id="pasted", type="filepath", format="png", height=320,
                                   interactive=False, elem_classes=["face"], buttons=["download", "fullscreen"])
                 with gr.Row(visible=False) as compare_row:
@@ -386,7 +414,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                 seed_b = gr.Number(value=1, precision=0, label="seed of the random face B")
                 steps = gr.Slider(2, MAX_STEPS, value=8, step=1, label="steps")
                 interp_btn = gr.Button("Interpolate", elem_id="interpolate")
-            strip = gr.Image(label="current face -> face B", elem_id="strip", type="filepath", format="png",
+            strip = InlineImage(label="current face -> face B", elem_id="strip", type="filepath", format="png",
                              interactive=False)
         with gr.Accordion("Loaded model and vectors", open=False, elem_id="info"):
             gr.Markdown(editor.describe())
@@ -401,7 +429,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
         # /edit first, so that the private re-edits after a new face do not take its name.
         gr.on([s.release for s in sliders] + [method.change, compare.change], None, sliders, strengths,
               js=PACK_JS, queue=False, api_visibility="private"
-              ).then(h.edit, api_name="edit", show_progress="hidden", **edit_io)
+              ).then(h.edit, api_name="edit", show_progress="hidden", queue=False, **edit_io)
         then_edit(photo.upload(h.encode, [photo, align, face_no], faces, api_name="encode"))
         then_edit(gr.on([align.change, face_no.submit], h.reencode, [photo, align, face_no], faces,
                         api_visibility="private"))
