@@ -188,12 +188,14 @@ def compare(cache, judge, methods: Sequence[EditMethod], config: CompareConfig =
                        for a in config.attributes})
 
 
-def at_equal_efficacy(comp: Comparison, attr: str, watch: str = "Male",
-                      positive: bool = True) -> dict[str, Any]:
-    """Each method's leakage where every method reaches the same efficacy: the smallest of their
-    largest |change in P(attr)| on this side, by linear interpolation through (0, 0) over its
-    strengths (faceedit.report.leak_at_efficacy). -> {"efficacy", method: {"leak_mean",
-    "<watch>", "psnr", "identity"}}; NaN where a method never gets there."""
+def at_equal_efficacy(comp: Comparison, attr: str, watch: str = "Male", positive: bool = True,
+                      min_efficacy: float = 0.1) -> dict[str, Any]:
+    """Each method's leakage where the methods reach the same efficacy: the smallest of their
+    largest |change in P(attr)| on this side, among the methods whose largest reaches
+    `min_efficacy` (a comparison at a change of a few hundredths says little), by linear
+    interpolation through (0, 0) over its strengths (faceedit.report.leak_at_efficacy).
+    -> {"efficacy", method: {"leak_mean", "<watch>", "psnr", "identity", "largest"}}; the numbers
+    are NaN for a method that never gets there ("largest" says how far it got)."""
     w = attribute_index(watch)
     sign = 1.0 if positive else -1.0
     curves = {}
@@ -202,17 +204,19 @@ def at_equal_efficacy(comp: Comparison, attr: str, watch: str = "Male",
         pts = [(sign * by_s[s].efficacy, by_s[s]) for s in sorted(by_s, key=abs) if (s > 0) == positive]
         if pts:
             curves[m] = pts
-    if not curves:
+    largest = {m: max(e for e, _ in pts) for m, pts in curves.items()}
+    reaching = [v for v in largest.values() if v >= min_efficacy]
+    if not reaching:
         return {"efficacy": math.nan}
-    target = min(max(e for e, _ in pts) for pts in curves.values())
+    target = min(reaching)
     out: dict[str, Any] = {"efficacy": sign * target}
     for m, pts in curves.items():
         def at(get) -> float:
-            return leak_at_efficacy([(e, float(get(st))) for e, st in pts], target) if target > 0 else math.nan
+            return leak_at_efficacy([(e, float(get(st))) for e, st in pts], target)
 
-        out[m] = {"leak_mean": at(lambda st: st.leak_mean),
-                  watch: at(lambda st: st.leakage[w]),
-                  "psnr": at(lambda st: st.psnr), "identity": at(lambda st: st.identity_feature)}
+        out[m] = {"leak_mean": at(lambda st: st.leak_mean), watch: at(lambda st: st.leakage[w]),
+                  "psnr": at(lambda st: st.psnr), "identity": at(lambda st: st.identity_feature),
+                  "largest": sign * largest[m]}
     return out
 
 
@@ -235,12 +239,16 @@ def comparison_markdown(comp: Comparison, watch: str = "Male") -> str:
             if not math.isfinite(eq["efficacy"]):
                 continue
             lines += ["", f"At equal efficacy, dP({attr}) = {eq['efficacy']:+.2f} "
-                      f"({'adding' if positive else 'removing'}):", "",
+                      f"({'adding' if positive else 'removing'}; the smallest largest change of the "
+                      "methods that change it by 0.1 or more):", "",
                       f"| method | {watch} (sd) | mean leak (sd) | identity |", "|---|---|---|---|"]
             for m in comp.methods:
                 if m in eq:
                     e = eq[m]
-                    lines.append(f"| {m} | {e[watch]:+.2f} | {e['leak_mean']:.3f} | {e['identity']:.2f} |")
+                    if math.isfinite(e[watch]):
+                        lines.append(f"| {m} | {e[watch]:+.2f} | {e['leak_mean']:.3f} | {e['identity']:.2f} |")
+                    else:
+                        lines.append(f"| {m} | does not get there (largest dP {e['largest']:+.2f}) | | |")
         lines.append("")
     lines += ["### Reconstruction (unedited), PSNR vs the original", "", "| method | dB |", "|---|---|"]
     lines += [f"| {m} | {comp.reconstruction_psnr[m]:.2f} |" for m in comp.methods]

@@ -108,6 +108,8 @@ class CVAE(nn.Module):
         self.features = encoder.stages  # (B, 3, S, S) -> (B, C_last, s, s)
         flat = config.channels[-1] * config.bottleneck**2
         self.head = nn.Linear(flat + L, 2 * D)  # [features, y] -> [mu, logvar]
+        with torch.no_grad():  # the code starts without the labels: a random linear copy of y in
+            self.head.weight[:, flat:].zero_()  # mu stays readable where the KL empties dimensions
         self.classifier = nn.Linear(flat, L)  # features -> logits of q(y | x)
         self.decoder = Decoder(replace(config, labels=(), latent_dim=D + L))  # [z, y] -> x~
         self.adversary = (nn.Sequential(nn.Linear(D, config.adversary_width), nn.SiLU(),

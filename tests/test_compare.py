@@ -63,6 +63,11 @@ def test_methods_are_compared_where_their_efficacies_are_equal(comparison):
                for m in comparison.methods]
     assert eq["efficacy"] == pytest.approx(min(largest))
     assert eq["naive"]["Male"] > 0.5 and abs(eq["conditional"]["Male"]) < 1e-4
+    # a method that never reaches the common efficacy is marked, not compared
+    weak = at_equal_efficacy(comparison, "Smiling", "Male", positive=True, min_efficacy=min(largest) + 1e-3)
+    small = comparison.methods[int(np.argmin(largest))]
+    assert weak["efficacy"] > min(largest) and np.isnan(weak[small]["Male"])
+    assert weak[small]["largest"] == pytest.approx(min(largest))
     removing = at_equal_efficacy(comparison, "Smiling", "Male", positive=False)
     assert removing["efficacy"] < 0
     doc = comparison_json(comparison)
