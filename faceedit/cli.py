@@ -557,6 +557,7 @@ def _model_config(args: argparse.Namespace, size: int):
 
 def _add_compare(p: argparse.ArgumentParser) -> None:
     from faceedit.compare import CompareConfig
+    from faceedit.search import SearchConfig
 
     p.add_argument("--cache", type=Path, required=True, help="dataset cache (faceedit prepare)")
     p.add_argument("--judge", type=Path, nargs="+", required=True, help="judge bundle(s) (faceedit judge)")
@@ -570,18 +571,24 @@ def _add_compare(p: argparse.ArgumentParser) -> None:
                    help="also the latent score search (default: on)")
     p.add_argument("--optimism", nargs="*", default=["Smiling", "Heavy_Makeup", "Eyeglasses"],
                    metavar="ATTR", help="attributes of the predictor-vs-judge figure (none: skip it)")
+    p.add_argument("--probe-faces", type=int, default=3000, help="train faces the linear probes of "
+                   "each model's code are fitted on (scored on the whole val split) (default: 3000)")
     p.add_argument("--out", type=Path, required=True, help="folder to write (replaced atomically)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dataclass_args(p, CompareConfig)
+    add_dataclass_args(p, SearchConfig, prefix="search_")
 
 
 def _run_compare(args: argparse.Namespace) -> int:
     from faceedit.compare import CompareConfig, compare_folders
+    from faceedit.search import SearchConfig
 
     doc = compare_folders(str(args.cache), [str(j) for j in args.judge], str(args.bundle),
                           str(args.bank), str(args.out), [str(c) for c in args.cvae], args.search,
                           args.vector_methods, dataclass_from_args(CompareConfig, args),
-                          args.optimism, progress=not args.quiet)
+                          args.optimism, args.probe_faces,
+                          dataclass_from_args(SearchConfig, args, prefix="search_"),
+                          progress=not args.quiet)
     print(f"wrote {args.out}: compare.json, compare.md, strips/; reconstruction PSNR "
           + ", ".join(f"{m} {v:.2f} dB" for m, v in doc["reconstruction_psnr"].items()))
     return 0

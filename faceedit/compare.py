@@ -393,6 +393,7 @@ def compare_folders(cache: str, judge: Sequence[str], bundle: str, bank: str, ou
                     cvae: Sequence[str] = (), search: bool = True,
                     vector_methods: Sequence[str] = ("naive", "balanced", "projection"),
                     config: CompareConfig = CompareConfig(), optimism_attributes: Sequence[str] = (),
+                    probe_faces: int = 3000, search_config: Any = None,
                     progress: bool = True) -> dict[str, Any]:
     """`faceedit compare`: load, probe every model's code for the labels, compare the methods,
     write compare.json, compare.md, strips/<attr>.png and (optimism_attributes) optimism.png into
@@ -406,7 +407,7 @@ def compare_folders(cache: str, judge: Sequence[str], bundle: str, bank: str, ou
     from faceedit.edit import png_bytes
     from faceedit.files import atomic_dir
     from faceedit.judge import load_committee
-    from faceedit.search import label_probe
+    from faceedit.search import SearchConfig, label_probe
 
     c = Cache.open(cache)
     jd = load_committee(list(judge), c)
@@ -418,22 +419,24 @@ def compare_folders(cache: str, judge: Sequence[str], bundle: str, bank: str, ou
             raise ValueError(f"{name}: {b.config.image_size} px model, {c.size} px cache")
     if any(b.kind != "cvae" for b in cvaes.values()):
         raise ValueError(f"--cvae {list(cvae)}: expected bundles of kind cvae (faceedit train --kind cvae)")
-    probes = {Path(bundle).name: label_probe(vae.model, c)}
-    probes.update({name: label_probe(b.model, c) for name, b in cvaes.items()})
+    probes = {Path(bundle).name: label_probe(vae.model, c, probe_faces)}
+    probes.update({name: label_probe(b.model, c, probe_faces) for name, b in cvaes.items()})
     methods: list = [VectorEdit(vae.model, bk, m) for m in vector_methods]
     methods += [ConditionalEdit(b.model, name=f"conditional:{name}") for name, b in cvaes.items()]
     predictor = probes[Path(bundle).name]  # the latent predictor is the VAE's probe
     if search:
-        methods.append(SearchEdit(vae.model, predictor, bk))
+        methods.append(SearchEdit(vae.model, predictor, bk, search_config))
     comp = compare(c, jd, methods, config, progress)
     doc = comparison_json(comp)
     conditioned = {name: b.config.condition for name, b in cvaes.items()}
     doc["probe"] = {name: _probe_json(p, conditioned.get(name, ATTRIBUTES), config.attributes)
                     for name, p in probes.items()}
+    doc["search_config"] = {k: getattr(search_config or SearchConfig(), k) for k in ("hold", "prior", "steps", "target")}
     doc["inputs"] = {"cache": c.hash, "bundle": str(bundle), "bank": str(bank), "cvae": list(cvae),
                      "judge": list(judge), "settings": {k: getattr(config, k) for k in
                                                         ("attributes", "faces", "seed", "split")}}
-    opt = [optimism(vae.model, predictor, bk, jd, c, a) for a in optimism_attributes]
+    opt = [optimism(vae.model, predictor, bk, jd, c, a, search_config=search_config)
+           for a in optimism_attributes]
     doc["optimism"] = [o.summary() for o in opt]
     with atomic_dir(Path(out)) as tmp:
         (tmp / "compare.json").write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n")
