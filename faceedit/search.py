@@ -26,12 +26,13 @@ from faceedit.attributes import ATTRIBUTES, attribute_index
 
 @dataclass(frozen=True)
 class SearchConfig:
-    hold: float = field(default=1.0, metadata={"help": "weight of keeping the other attributes' "
-                        "predicted logits (in sd units) where they were"})
+    hold: float = field(default=0.1, metadata={"help": "weight of keeping the other attributes' "
+                        "predicted logits (in sd units) where they were (the tradeoff on the real "
+                        "faces: BENCHMARKS.md, Latent score search)"})
     prior: float = field(default=1.0, metadata={"help": "weight of the fitted prior's negative log "
                          "density (per dimension): keeps codes where the decoder is good"})
     steps: int = field(default=40, metadata={"help": "projected gradient steps"})
-    target: float = field(default=0.98, metadata={"help": "stop moving a face once its predicted "
+    target: float = field(default=0.995, metadata={"help": "stop moving a face once its predicted "
                           "P(attribute) passes this (1 - target when lowering)"})
 
     def __post_init__(self) -> None:
