@@ -4,8 +4,12 @@ in this file knows it trains a VAE; the audit's attribute classifier is trained 
 What a model family supplies is an `Objective`: its loss on a batch, its validation metrics and its
 figures. The loop supplies AdamW, an optional learning-rate schedule (linear warmup then cosine
 decay, Loshchilov & Hutter 2017), bf16 autocast on GPU, channels_last, gradient clipping, a stop
-with the step number on a non-finite loss, random horizontal flips, fast batch reads from the
-memory-mapped cache, a progress bar, a JSON-lines metrics log and PNG figures.
+with the step number on a non-finite loss, random horizontal flips, batches fed by faceedit/feed.py
+(read from the memory-mapped cache on the CPU; resident on a GPU), the best validation's weights
+(TrainConfig.keep), a progress bar, a JSON-lines metrics log and PNG figures.
+
+Nothing in a step waits for the device: the loss terms stay on it and are read back every
+`check_every` steps (every step on the CPU), where a non-finite loss stops the run naming its step.
 
 Seams for distributed training (workers/train.py wraps `fit` in Ray Train; Ray is imported there,
 never here):
