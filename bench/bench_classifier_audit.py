@@ -106,6 +106,8 @@ def main() -> None:
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--reuse", action="store_true", help="keep classifiers an earlier run trained "
+                   "(smile-*.pt2 and smile-*.json in --out) instead of training them again")
     args = p.parse_args()
 
     from faceedit.classifier_audit import ClassifierAuditConfig, audit_classifier_folders
@@ -116,6 +118,10 @@ def main() -> None:
     report: dict = {"per_side": args.per_side, "epochs": args.epochs, "faces": args.faces}
     results = {}
     for name, share in (("balanced", 0.5), ("biased", 0.9)):
+        record = args.out / f"smile-{name}.json"
+        if args.reuse and record.is_file() and (args.out / f"smile-{name}.pt2").is_file():
+            report[name] = json.loads(record.read_text())  # trained by an earlier run, same settings
+            continue
         chosen = sample(cache.labels, rows, args.per_side, share, args.seed)
         start = time.perf_counter()
         model = train(cache, chosen, args.epochs, args.seed)
@@ -125,6 +131,8 @@ def main() -> None:
         torch.export.save(ep, str(path))
         report[name] = {"train_faces": int(len(chosen)), "train_s": round(time.perf_counter() - start, 1),
                         **val_accuracy(model, cache)}
+        report[name]["settings"] = {"per_side": args.per_side, "epochs": args.epochs, "seed": args.seed}
+        record.write_text(json.dumps(report[name]) + "\n")
         print(f"trained {name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
     for name in ("balanced", "biased"):
         path = args.out / f"smile-{name}.pt2"

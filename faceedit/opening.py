@@ -73,7 +73,7 @@ def edit_cuts(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _listing(names: list[str], most: int = 6) -> str:
-    return ", ".join(names) if len(names) <= most else f"{len(names)} ({', '.join(names[:most])}, ...)"
+    return ", ".join(names) if len(names) <= most else f"{', '.join(names[:most])} and {len(names) - most} more"
 
 
 def _se(x: float) -> str:
@@ -86,12 +86,12 @@ def edit_audit_headlines(doc: dict[str, Any]) -> list[str]:
     alpha = f"{float(st['headline']):+g}"
     verdicts = doc.get("verdicts", {})
     judged = [a for a, v in verdicts.items() if v.get("can_judge")]
-    cannot = doc["judge"].get("cannot_judge", [])
+    cannot = [a for a in doc["judge"].get("cannot_judge", []) if a in doc["attributes"]]
     out.append(f"{len(doc['attributes'])} attributes were edited on up to {st['faces']} held-out faces each "
                f"({doc['edited_images']:,} edited images) by {', '.join(st['methods'])} vectors and "
                f"re-scored by an independent judge; figures are at strength {alpha}, a leakage is the change "
                "of another attribute's judged logit in its sd" + (
-                   f"; the judge cannot judge {_listing(cannot)}." if cannot else "."))
+                   f"; the judge cannot judge {len(cannot)} of them: {_listing(cannot)}." if cannot else "."))
     cuts = edit_cuts(doc)
     head = _headline_edits(doc)
     if "Smiling" in head and {"naive", "balanced"} <= set(head["Smiling"]) and doc["judge"]["can_judge"].get("Male"):
@@ -119,8 +119,8 @@ def edit_audit_headlines(doc: dict[str, Any]) -> list[str]:
             f" of the {len(judged)} judgeable attributes.")
     weak = [a for a, v in verdicts.items() if "[weak:" in v.get("text", "")]
     if weak:
-        out.append(f"Weak edits (no method changes P(attribute) by 0.1): {_listing(weak)}; their "
-                   "leakages say little.")
+        out.append(f"{len(weak)} weak edits (no method changes P(attribute) by 0.1): {_listing(weak)}; "
+                   "their leakages say little.")
     comps = doc.get("vae_vs_pca") or {}
     method = "balanced" if "balanced" in comps else next(iter(comps), None)
     comp = comps.get(method) if method else None

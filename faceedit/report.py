@@ -24,6 +24,8 @@ import numpy as np
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.audit import AuditResult, EditStats
 from faceedit.files import atomic_dir
+from faceedit.opening import CSS as OPENING_CSS
+from faceedit.opening import edit_audit_headlines, edit_audit_key_figure, opening_html
 
 
 # ---------------------------------------------------------------------------- json
@@ -402,6 +404,9 @@ def write_report(out: str | Path, result: AuditResult, inputs: dict[str, Any],
     strips = strips or {}
     doc = report_document(result, inputs)
     pngs = figures(result)
+    key = edit_audit_key_figure(doc)
+    if key is not None:
+        pngs["key_figure.png"] = key
     for attr, png in strips.items():
         pngs[f"strip_{attr}.png"] = png
     out = Path(out)
@@ -459,13 +464,22 @@ def _img(pngs: dict[str, bytes], name: str, alt: str) -> str:
     return f'<p><img alt="{esc(alt)}" src="{data_uri(pngs[name])}"></p>' if name in pngs else ""
 
 
+KEY_FIGURE_CAPTION = ("For the attributes whose naive vectors change another attribute most: how much "
+                      "each method's edit changes that other attribute (the judge's logit, in its sd; "
+                      "± the recommended method's standard error). Long red and short blue bars: the "
+                      "dataset's correlations that balancing removes.")
+
+
 def render_html(result: AuditResult, inputs: dict[str, Any], pngs: dict[str, bytes],
                 strips: Sequence[str]) -> str:
     """The self-contained page (every image inlined as base64): the audit's numbers as report.json
     rounds them, its figures and strips."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceedit audit</title>"
-             f"<style>{CSS}</style></head><body><h1>faceedit attribute-bias audit</h1>"]
-    parts.append(_summary_html(result, inputs))
+             f"<style>{CSS}{OPENING_CSS}</style></head><body>"]
+    # One screen first: the findings as sentences, then the key figure; the detail below.
+    parts.append(opening_html("faceedit attribute-bias audit",
+                              edit_audit_headlines(report_document(result, inputs)),
+                              pngs.get("key_figure.png"), KEY_FIGURE_CAPTION))
     parts.append("<h2>Verdicts</h2><p class='note'>At the headline strength; the recommended method "
                  "has the least mean leakage among those within 90% of the best efficacy. Weak: no "
                  f"method changes P(attribute) by {WEAK_EFFICACY}. Grey: the judge cannot judge the "
@@ -487,6 +501,7 @@ def render_html(result: AuditResult, inputs: dict[str, Any], pngs: dict[str, byt
             parts.append(f"<h3>{esc(attr)}</h3>" + _img(pngs, f"strip_{attr}.png", attr))
     parts.append(_judge_html(result))
     parts.append(_bias_html(result, pngs))
+    parts.append("<h2>Settings and inputs</h2>" + _summary_html(result, inputs))
     parts.append("</body></html>\n")
     return "".join(parts)
 

@@ -314,3 +314,19 @@ def test_leakage_within_groups_does_not_cancel_across_them():
     assert s.leakage[young] == pytest.approx(0.25) == s.leakage_within[young]
     others = [b for b in range(40) if b != attribute_index("Smiling")]
     assert s.leak_mean_within == pytest.approx(np.mean(s.leakage_within[others]))
+
+
+def test_report_opens_with_its_findings_and_key_figure(world, tmp_path):
+    config = AuditConfig(attributes=("Smiling", "Male"), methods=("naive", "balanced"), faces=16,
+                         pca=False, strengths=(2.0,))
+    out = write_report(tmp_path / "r", audit(world, config=config), {"test": "constructed"})
+    doc = json.loads((out / "report.json").read_text())
+    page = (out / "report.html").read_text()
+    opening = page[: page.index("<h2>")]  # what a reader sees before any detail
+    naive = doc["latents"]["vae"]["edits"]["Smiling"]["naive"]["+2"]["leakage"]["Male"]
+    balanced = doc["latents"]["vae"]["edits"]["Smiling"]["balanced"]["+2"]["leakage"]["Male"]
+    assert f"the naive smile vector changes gender by {abs(naive):.2f}" in opening
+    assert f"the balanced one by {abs(balanced):.2f}" in opening
+    assert "class='headline'" in opening and 'src="data:image/png;base64,' in opening  # the key figure
+    assert (out / "key_figure.png").is_file()
+    assert page.index("<h2>Verdicts</h2>") < page.index("<h2>Settings and inputs</h2>")
