@@ -106,6 +106,10 @@ def main() -> None:
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--only", nargs="+", choices=("balanced", "biased"), default=None,
+                   help="audit only these classifiers (the summary reads every report present)")
+    p.add_argument("--summary-only", action="store_true", help="audit nothing: summarise the "
+                   "reports in --out")
     p.add_argument("--reuse", action="store_true", help="keep classifiers an earlier run trained "
                    "(smile-*.pt2 and smile-*.json in --out) instead of training them again")
     args = p.parse_args()
@@ -116,10 +120,9 @@ def main() -> None:
     rows = cache.indices("train")
     args.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"per_side": args.per_side, "epochs": args.epochs, "faces": args.faces}
-    results = {}
     for name, share in (("balanced", 0.5), ("biased", 0.9)):
         record = args.out / f"smile-{name}.json"
-        if args.reuse and record.is_file() and (args.out / f"smile-{name}.pt2").is_file():
+        if (args.reuse or args.summary_only) and record.is_file() and (args.out / f"smile-{name}.pt2").is_file():
             report[name] = json.loads(record.read_text())  # trained by an earlier run, same settings
             continue
         chosen = sample(cache.labels, rows, args.per_side, share, args.seed)
@@ -134,41 +137,58 @@ def main() -> None:
         report[name]["settings"] = {"per_side": args.per_side, "epochs": args.epochs, "seed": args.seed}
         record.write_text(json.dumps(report[name]) + "\n")
         print(f"trained {name}: {json.dumps(report[name])}", file=sys.stderr, flush=True)
-    for name in ("balanced", "biased"):
+    for name in args.only or ("balanced", "biased"):
+        if args.summary_only:
+            break
         path = args.out / f"smile-{name}.pt2"
         config = ClassifierAuditConfig(methods=("balanced", "naive"), strengths=tuple(args.strengths),
                                        headline=max(args.strengths), faces=args.faces, target="Smiling")
         start = time.perf_counter()
-        res = audit_classifier_folders(path, "0", args.base / "bundle", args.base / "bank",
-                                       args.base / "cache", args.out / f"report-{name}",
-                                       [args.base / "judge"], config, device=args.device, progress=False)
+        audit_classifier_folders(path, "0", args.base / "bundle", args.base / "bank", args.base / "cache",
+                                 args.out / f"report-{name}", [args.base / "judge"], config,
+                                 device=args.device, progress=False)
         report[name]["audit_s"] = round(time.perf_counter() - start, 1)
         print(f"audited {name} in {report[name]['audit_s']} s", file=sys.stderr, flush=True)
-        results[name] = res
-        male = res.sensitivity("Male")
-        naive = res.sensitivity("Male", "naive")
-        report[name].update({
-            "male_rank": res.rank_of("Male"),
-            "male_change": male.kept.change, "male_change_se": male.kept.change_se,
-            "male_flip": male.kept.flip, "male_kept": male.kept.n, "male_made": male.made,
-            "male_naive_change": naive.kept.change, "male_naive_change_se": naive.kept.change_se,
-            "male_naive_unfiltered": naive.unfiltered.change,
-            "male_naive_unfiltered_se": naive.unfiltered.change_se,
-            "male_naive_left_out_smile": naive.target_changed,
-            "male_unfiltered": male.unfiltered.change,
-            "own_change": res.own.kept.change if res.own else None,
-            "top": [(e.attribute, round(e.sensitivity.kept.change, 4), round(e.sensitivity.kept.change_se, 4))
-                    for e in res.ranking[:6]],
-            "real_error_men_women": [res.real.group("Male", True).error, res.real.group("Male", False).error],
-        })
-    b, u = report["biased"], report["balanced"]
-    report["male_difference_biased_minus_balanced"] = b["male_change"] - u["male_change"]
-    report["male_difference_se"] = math.hypot(b["male_change_se"], u["male_change_se"])
-    report["balanced_clf_naive_minus_balanced_vectors_unfiltered"] = u["male_naive_unfiltered"] - u["male_unfiltered"]
-    report["balanced_clf_naive_minus_balanced_vectors_unfiltered_se"] = math.hypot(
-        u["male_naive_unfiltered_se"], results["balanced"].sensitivity("Male").unfiltered.change_se)
+    for name in ("balanced", "biased"):
+        doc_path = args.out / f"report-{name}" / "report.json"
+        if doc_path.is_file():
+            report[name].update(summary(json.loads(doc_path.read_text())))
+    if all("male_change" in report[n] for n in ("balanced", "biased")):
+        b, u = report["biased"], report["balanced"]
+        report["male_difference_biased_minus_balanced"] = b["male_change"] - u["male_change"]
+        report["male_difference_se"] = math.hypot(b["male_change_se"], u["male_change_se"])
+        report["balanced_clf_naive_minus_balanced_vectors_unfiltered"] = (u["male_naive_unfiltered"]
+                                                                          - u["male_unfiltered"])
+        report["balanced_clf_naive_minus_balanced_vectors_unfiltered_se"] = math.hypot(
+            u["male_naive_unfiltered_se"], u["male_unfiltered_se"])
     print(json.dumps(report, indent=1))
     (args.out / "planted.json").write_text(json.dumps(report, indent=1) + "\n")
+
+
+def summary(doc: dict) -> dict:
+    """Male's figures (and the top of the ranking) from a classifier audit's report.json."""
+    head = doc["settings"]["headline"]
+
+    def sens(method: str) -> dict:
+        return next(s for s in doc["sensitivities"] if s["attribute"] == "Male" and s["method"] == method
+                    and s["strength"] == head)
+
+    bal, naive = sens("balanced"), sens("naive")
+    groups = {(g["attribute"], g["value"]): g for g in doc["real_data"]["groups"]}
+    return {
+        "male_rank": next((e["rank"] for e in doc["ranking"] if e["attribute"] == "Male"), None),
+        "male_change": bal["kept"]["change"], "male_change_se": bal["kept"]["change_se"],
+        "male_flip": bal["kept"]["flip"], "male_kept": bal["kept"]["n"], "male_made": bal["made"],
+        "male_unfiltered": bal["unfiltered"]["change"], "male_unfiltered_se": bal["unfiltered"]["change_se"],
+        "male_naive_change": naive["kept"]["change"], "male_naive_change_se": naive["kept"]["change_se"],
+        "male_naive_kept": naive["kept"]["n"],
+        "male_naive_unfiltered": naive["unfiltered"]["change"],
+        "male_naive_unfiltered_se": naive["unfiltered"]["change_se"],
+        "male_naive_left_out_smile": naive["target_changed"],
+        "own_change": (doc.get("own_attribute") or {}).get("kept", {}).get("change"),
+        "top": [(e["attribute"], e["change"], e["change_se"]) for e in doc["ranking"][:6]],
+        "real_error_men_women": [groups[("Male", True)]["error"], groups[("Male", False)]["error"]],
+    }
 
 
 if __name__ == "__main__":
