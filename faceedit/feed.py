@@ -171,16 +171,11 @@ class PrefetchFeed:
                     ring[slot] = (buf, host, ready)
                 else:
                     images = host.clone()
-                while not stop.is_set():
-                    try:
-                        out.put((images, labels, mask, ready), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                _put(out, (images, labels, mask, ready), stop)
         except BaseException as e:  # handed to the loop, which raises it
-            out.put(e)
+            _put(out, e, stop)
             return
-        out.put(None)
+        _put(out, None, stop)
 
     def epoch(self, steps: Sequence[Step]) -> Iterator[Batch]:
         out: queue.Queue = queue.Queue(maxsize=self.depth)
@@ -202,6 +197,16 @@ class PrefetchFeed:
         finally:
             stop.set()
             thread.join()
+
+
+def _put(out: queue.Queue, item: object, stop: threading.Event) -> None:
+    """Put `item` unless the consumer stopped first (never blocks a reader the loop has left)."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
 
 
 Feed = HostFeed | ResidentFeed | PrefetchFeed

@@ -153,3 +153,17 @@ def test_validation_every_k_epochs_and_after_the_last(cache):
     result = _train(cache, replace(FAST, epochs=5, val_every=2))
     validated = [h["epoch"] for h in result.history if "val_psnr" in h]
     assert validated == [0, 2, 4, 5]
+
+
+def test_prefetch_reader_that_fails_after_the_loop_left_does_not_hang_it(cache):
+    import threading
+    import time
+
+    plan = _plan(cache)[:2] + [Step(np.array([0, 10_000]), None)]  # the third step fails
+    it = PrefetchFeed(cache, CPU, True, depth=1).epoch(plan)
+    next(it)
+    time.sleep(0.5)  # the reader fills the queue, then fails with nowhere to put its error
+    closer = threading.Thread(target=it.close, daemon=True)
+    closer.start()
+    closer.join(timeout=10)
+    assert not closer.is_alive()
