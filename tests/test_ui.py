@@ -39,7 +39,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 # ---------------------------------------------------------------------------- fixtures
 
 def picture(value) -> Image.Image:
-    """An image output of the API: sent inline as a data: URL (ui/app.py InlineImage), or a file."""
+    """An image output of the API: sent inline as a data: URL (ui/app.py data_url), or a file."""
     if isinstance(value, dict):
         value = value["url"]
     if isinstance(value, str) and value.startswith("data:image/"):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from faceedit.bank import AttributeBank, BankConfig, BankError, BankMismatch, build_bank
 from faceedit.bundle import save_bundle
@@ -288,3 +289,43 @@ def test_an_unexpected_fault_is_a_sentence_and_logs_only_its_type(paths, capsys)
     assert "secret" not in e.value.message and "Could not draw a face" in e.value.message
     err = capsys.readouterr().err
     assert "RuntimeError" in err and "secret" not in err
+
+
+# ---------------------------------------------------------------------------- a fast editor
+
+def decoded(url: str) -> Image.Image:
+    import base64
+    import io
+
+    assert url.startswith("data:image/")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def test_edits_answer_inline_at_the_size_shown(paths, real_faces, tmp_path):
+    """The slider's /edit is one unqueued request whose images are inside the answer; a large
+    photo's pasted-back edit is rendered at the size the page shows (the download: full size)."""
+    import ui.app as app
+
+    editor = Editor.load(paths["bundle"], paths["bank"], threads=1)
+    demo = build_app(editor)
+    try:
+        edit = next(fn for fn in demo.fns.values() if fn.api_name == "edit")
+        assert edit.queue is False
+    finally:
+        demo.handlers.close()
+    assert not Path(app.__file__).with_suffix(".pyi").exists(), "Gradio wrote a stub beside the app"
+    big = tmp_path / "big.png"
+    face = Image.open(real_faces[0])
+    face.resize((face.width * 6, face.height * 6), Image.Resampling.BICUBIC).save(big)
+    h = Handlers(editor, tmp_path / "work")
+    try:
+        z, _, _, _, _, state, pasted, _ = h.encode(str(big))
+        assert max(decoded(pasted).size) == app.SHOWN_SIDE
+        edited, naive, balanced, pasted = h.edit(z, {"Smiling": 2.0}, "balanced", False, state)
+        assert decoded(edited).size == (16, 16) and max(decoded(pasted).size) == app.SHOWN_SIDE
+        assert decoded(pasted).format == "JPEG" and decoded(edited).format == "PNG"
+        files = h.download(z, {"Smiling": 2.0}, "balanced", state)
+        assert Image.open(files[2]).size == (face.width * 6, face.height * 6)
+        assert [p.name for p in (tmp_path / "work").iterdir()] == ["downloads"]
+    finally:
+        h.close()

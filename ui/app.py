@@ -8,7 +8,7 @@ returns the edit pasted back into the uploaded photo),
 `gr.State`, so an edit only decodes; so is the uploaded photo with its alignment (in memory only:
 nothing from an upload is written to disk except what is downloaded).
 
-Images go to the page inside the answer (data: URLs, `InlineImage`), at the size the page shows
+Images go to the page inside the answer (data: URLs, `data_url` and `_postprocess_inline`), at the size the page shows
 them: nothing is written for them and the page makes no second request. /edit, the slider's
 event, is not queued: the page sends one POST and gets one answer (bench/bench_editor.py,
 BENCHMARKS.md). What is kept, and for how long: KEEP_MINUTES, README "What the editor keeps".
@@ -134,17 +134,20 @@ def data_url(image: np.ndarray | None, jpeg: bool = False) -> str | None:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-class InlineImage(gr.Image):
-    """gr.Image whose value may be a data: URL (`data_url`), passed to the page as it is: Gradio
-    would write a returned image to its cache and the page fetch it in a second request."""
+def _postprocess_inline(self: gr.Image, value: Any) -> ImageData | None:
+    """gr.Image.postprocess that also takes a data: URL (`data_url`) and passes it to the page as it
+    is: Gradio would write a returned image to its cache, and the page fetch it in a second request.
+    Installed on the class: Gradio rebuilds components per session from their arguments (so a
+    per-instance override is lost), and a gr.Image subclass makes it write a .pyi copy of this
+    module. Any other value, and so any other gr.Image, is handled as before."""
+    if isinstance(value, str) and value.startswith("data:image/"):
+        return ImageData(url=value, mime_type=value[5:value.index(";")], orig_name="faceedit.png")
+    return _IMAGE_POSTPROCESS(self, value)
 
-    def get_block_name(self) -> str:
-        return "image"  # the same component in the page
 
-    def postprocess(self, value: Any) -> ImageData | None:
-        if isinstance(value, str) and value.startswith("data:image/"):
-            return ImageData(url=value, mime_type=value[5:value.index(";")], orig_name="faceedit.png")
-        return super().postprocess(value)
+_IMAGE_POSTPROCESS = getattr(gr.Image.postprocess, "plain", gr.Image.postprocess)  # Gradio's own
+_postprocess_inline.plain = _IMAGE_POSTPROCESS  # type: ignore[attr-defined]  (a reload finds it here)
+gr.Image.postprocess = _postprocess_inline  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -313,7 +316,7 @@ def _selected(event: gr.SelectData) -> tuple[int, None]:
 
 
 def _face(label: str, elem_id: str, height: int = 240) -> gr.Image:
-    return InlineImage(label=label, elem_id=elem_id, type="filepath", format="png", height=height,
+    return gr.Image(label=label, elem_id=elem_id, type="filepath", format="png", height=height,
                     interactive=False, elem_classes=["face"], buttons=["download", "fullscreen"])
 
 
@@ -371,7 +374,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                                      elem_id="align", scale=3)
                     face_no = gr.Number(value=0, precision=0, minimum=0, label="face (0 = largest)",
                                         elem_id="face-no", scale=1, min_width=80)
-                crop = InlineImage(label="Detected face (yellow), landmarks, crop (blue) | aligned face",
+                crop = gr.Image(label="Detected face (yellow), landmarks, crop (blue) | aligned face",
                                 elem_id="crop", type="filepath", format="png", height=220, interactive=False)
                 found = gr.Markdown("", elem_id="found")
                 gallery = gr.Gallery(value=[im for im, _ in editor.examples()], elem_id="examples",
@@ -387,7 +390,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                     original = _face("Original (aligned crop)", "original")
                     recon = _face("Reconstruction", "reconstruction")
                     edited = _face("Edited", "edited")
-                pasted = InlineImage(label="The edit pasted back into your photo (downloaded at full size)",
+                pasted = gr.Image(label="The edit pasted back into your photo (downloaded at full size)",
                                   elem_id="pasted", type="filepath", format="png", height=320,
                                   interactive=False, elem_classes=["face"], buttons=["download", "fullscreen"])
                 with gr.Row(visible=False) as compare_row:
@@ -414,7 +417,7 @@ def build_app(editor: Editor, download_dir: str | Path | None = None,
                 seed_b = gr.Number(value=1, precision=0, label="seed of the random face B")
                 steps = gr.Slider(2, MAX_STEPS, value=8, step=1, label="steps")
                 interp_btn = gr.Button("Interpolate", elem_id="interpolate")
-            strip = InlineImage(label="current face -> face B", elem_id="strip", type="filepath", format="png",
+            strip = gr.Image(label="current face -> face B", elem_id="strip", type="filepath", format="png",
                              interactive=False)
         with gr.Accordion("Loaded model and vectors", open=False, elem_id="info"):
             gr.Markdown(editor.describe())
