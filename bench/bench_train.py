@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from faceedit.cache import Cache, CacheDataset
+from faceedit.config import config_to_dict
 from faceedit.model import VAE, VAEConfig
 from faceedit.objective import VAEObjective
 from faceedit.trainer import ShardedBatches, TrainConfig, cpu_has_bf16, read_batch
@@ -86,7 +87,7 @@ def main() -> None:
     ratios = [b / f for f, b in zip(rates["fp32"], rates["bf16"])]
     fused = [b / u for b, u in zip(rates["bf16"], rates["bf16_per_tensor_adamw"])]
     print(json.dumps({
-        "bench": "train", "cache": args.cache, "model": config.to_dict(),
+        "bench": "train", "cache": args.cache, "model": config_to_dict(config),
         "params": sum(p.numel() for p in VAE(config).parameters()), "batch_size": args.batch_size,
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "cpus": os.cpu_count(), "load_avg_1min": os.getloadavg()[0],

@@ -28,23 +28,27 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import numpy as np
 import torch
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
+from faceedit.bank import METHODS
 from faceedit.judge import judgeable
+from faceedit.metrics import psnr
 
-METHODS: tuple[str, ...] = ("naive", "balanced", "projection", "boundary")
+# What a bank holds (faceedit/bank.py); the audit reports all but the unweighted boundary by
+# default (it is the balanced boundary's reference, not an edit of its own).
+AUDITED_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "boundary_plain")
 
 
 @dataclass(frozen=True)
 class AuditConfig:
     attributes: tuple[str, ...] = field(default=(), metadata={"help": "attributes to audit (none "
                                         "given: all 40, or on a rendered set the rendered ones)"})
-    methods: tuple[str, ...] = field(default=METHODS, metadata={"help": "vector methods to audit"})
+    methods: tuple[str, ...] = field(default=AUDITED_METHODS, metadata={"help": "vector methods to audit"})
     strengths: tuple[float, ...] = field(default=(-2.0, -1.0, 1.0, 2.0), metadata={"help": "edit "
                                          "strengths alpha, in units of the vector's length; +alpha "
                                          "edits faces without the attribute, -alpha faces with it"})
@@ -73,9 +77,6 @@ class AuditConfig:
             raise ValueError(f"AuditConfig.headline={self.headline} is not one of strengths {self.strengths}")
         if self.faces < 1 or self.batch_size < 1:
             raise ValueError(f"AuditConfig: faces={self.faces}, batch_size={self.batch_size}: expected >= 1")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 # ---------------------------------------------------------------------------- the parts it uses
@@ -158,12 +159,6 @@ class JobResult:
     logits: np.ndarray  # (K, B, 40) judge logits of the K edits
     feature_distance: np.ndarray  # (K, B) ||f(edit) - f(rec)||
     psnr: np.ndarray  # (K, B) dB, edit vs rec
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Peak signal-to-noise ratio in dB of images in [0, 1], per image. (B, 3, S, S) x2 -> (B,)."""
-    mse = (a - b).pow(2).flatten(1).mean(dim=1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-12))
 
 
 @torch.no_grad()
@@ -633,7 +628,7 @@ def reconstruction_stats(orig: np.ndarray, rec: np.ndarray, labels: np.ndarray,
                          sd: np.ndarray) -> Reconstruction:
     """What reconstruction alone does to the judged attributes (no edit): per attribute the mean
     logit shift rec - original in sd units, and the judge's AUC on originals vs reconstructions."""
-    from faceedit.judge import auc_per_attribute
+    from faceedit.metrics import auc_per_attribute
 
     return Reconstruction(shift=((rec - orig) / sd).mean(axis=0),
                           auc_original=auc_per_attribute(orig, labels),
@@ -702,16 +697,14 @@ def default_attributes(cache) -> tuple[str, ...]:
 def pca_latent(cache, vae_bank, latent_dim: int, seed: int = 0, progress: bool = True) -> Latent:
     """The PCA baseline of the same D (faceedit/pca.py) fitted on the train split, with its own
     bank built exactly as the VAE's (the same BankConfig settings, faceedit/bank.py)."""
-    import dataclasses
-
     from faceedit.bank import BankConfig, build_bank
+    from faceedit.config import config_from_dict
     from faceedit.pca import fit_pca
 
     pca = fit_pca(cache, latent_dim=latent_dim, split="train", seed=seed)
-    names = {f.name for f in dataclasses.fields(BankConfig)}
-    settings = {k: tuple(v) if isinstance(v, list) else v
-                for k, v in (getattr(vae_bank, "info", {}).get("settings") or {}).items() if k in names}
-    bank = build_bank(pca, cache, BankConfig(**settings), bundle_hash="pca", progress=progress)
+    settings = config_from_dict(BankConfig, getattr(vae_bank, "info", {}).get("settings") or {},
+                                "the VAE bank's settings", strict=False)
+    bank = build_bank(pca, cache, settings, bundle_hash="pca", progress=progress)
     return Latent(pca.eval(), bank)
 
 

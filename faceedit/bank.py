@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 
 from faceedit import vectors as V
 from faceedit.attributes import ATTRIBUTES, attribute_index
-from faceedit.bundle import weights_digest
+from faceedit.bundle import load_bundle, weights_digest
 from faceedit.cache import Cache, to_float
 from faceedit.files import atomic_dir, sha256_file
+from faceedit.metrics import auc_per_attribute
 
 BANK_FORMAT = 1
 METHODS: tuple[str, ...] = ("naive", "balanced", "projection", "boundary", "boundary_plain")
@@ -324,6 +325,17 @@ def _linear_vectors(mu: np.ndarray, labels: np.ndarray, naive: np.ndarray, remov
     return {m: np.stack(v) for m, v in out.items()}
 
 
+def build_bank_folder(bundle: str | Path, cache: str | Path, out: str | Path,
+                      config: BankConfig = BankConfig(), progress: bool = True) -> AttributeBank:
+    """`faceedit vectors` and the main job's vectors stage: the bank of a bundle's model on a cache,
+    written to the folder `out` (atomically)."""
+    bundle = load_bundle(bundle)
+    bank = build_bank(bundle.model, Cache.open(cache), config, bundle_hash=bundle_digest(bundle.path),
+                      progress=progress)
+    bank.save(out)
+    return bank
+
+
 def bundle_digest(path: str | Path) -> str:
     """A bundle folder's identity: sha256 of its config.json, which records its weights' sha256."""
     return sha256_file(Path(path) / "config.json")
@@ -336,12 +348,8 @@ def _r(x: float) -> float:
 
 def _auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     """ROC AUC of scores as a classifier of y; None where y has a single class (undefined)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.asarray(y) > 0
-    if len(y) == 0 or y.all() or not y.any():
-        return None
-    return _r(roc_auc_score(y, scores))
+    auc = auc_per_attribute(np.asarray(scores)[:, None], np.asarray(y)[:, None])[0] if len(y) else np.nan
+    return _r(auc) if np.isfinite(auc) else None
 
 
 def _record(bal: V.Balancing, tiny: list[str]) -> dict:

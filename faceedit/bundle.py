@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import importlib
 import json
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from faceedit.config import config_from_dict as _config_from_dict
+from faceedit.config import config_to_dict
 from faceedit.files import atomic_dir, sha256_file
 from faceedit.model import VAE, VAEConfig
 from faceedit.pca import PCA, PCAConfig
@@ -62,26 +63,9 @@ def register_kind(kind: str, config_cls: type, model_cls: type[nn.Module]) -> No
     _KINDS[kind] = (config_cls, model_cls)
 
 
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """A config dataclass as JSON values (tuples become lists)."""
-    return {f.name: list(v) if isinstance(v := getattr(config, f.name), tuple) else v
-            for f in dataclasses.fields(config)}
-
-
 def config_from_dict(cls: type, values: dict[str, Any], where: str = "config") -> Any:
     """Rebuild a config dataclass; an unknown or missing field, or a bad value, is a BundleError."""
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown, missing = sorted(set(values) - set(fields)), sorted(set(fields) - set(values))
-    if unknown or missing:
-        raise BundleError(f"{where}: fields do not match {cls.__name__}: unknown {unknown}, "
-                          f"missing {missing}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: tuple(v) if typing.get_origin(hints[k]) is tuple and isinstance(v, list) else v
-              for k, v in values.items()}
-    try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise BundleError(f"{where}: {e}") from e
+    return _config_from_dict(cls, values, where, error=BundleError)
 
 
 def _kind_of(model: nn.Module) -> str:

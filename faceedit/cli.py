@@ -22,11 +22,14 @@ from typing import Any
 # ---------------------------------------------------------------------------- dataclass <-> argparse
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
-                       exclude: tuple[str, ...] = ()) -> None:
+                       exclude: tuple[str, ...] = (), defaults: Any = None,
+                       defaults_name: str = "") -> None:
     """One `--field-name` option per field of the dataclass `cls`, its default in the help text.
 
     A field's help is the `help` entry of its metadata: `field(default=..., metadata={"help": ...})`.
-    Booleans become `--x / --no-x`; tuples take several values.
+    Booleans become `--x / --no-x`; tuples take several values. `defaults`, an instance of `cls`,
+    gives the command's own defaults: where one differs from the dataclass's, the help says
+    "(<defaults_name> default: value)".
     """
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} ({cls.__module__})")
@@ -34,10 +37,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         if f.name in exclude or not f.init:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        label = "default"
+        if defaults is not None and getattr(defaults, f.name) != default:
+            default, label = getattr(defaults, f.name), f"{defaults_name} default".strip()
         flag = "--" + (prefix + f.name).replace("_", "-")
         hint = hints[f.name]
         help_text = f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default})" if help_text else f"default: {default}"
+        help_text = f"{help_text} ({label}: {default})" if help_text else f"{label}: {default}"
         kwargs: dict[str, Any] = {"dest": prefix + f.name, "default": default, "help": help_text}
         origin, type_args = typing.get_origin(hint), typing.get_args(hint)
         if hint is bool:
@@ -56,14 +62,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
 
 def dataclass_from_args(cls: type, args: argparse.Namespace, prefix: str = "", **overrides: Any):
     """Build `cls` from the options `add_dataclass_args` declared (tuples come back as tuples)."""
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        key = prefix + f.name
-        if f.init and hasattr(args, key):
-            value = getattr(args, key)
-            values[f.name] = tuple(value) if isinstance(value, list) else value
-    values.update(overrides)
-    return cls(**values)
+    from faceedit.config import field_values
+
+    values = {f.name: getattr(args, prefix + f.name) for f in dataclasses.fields(cls)
+              if f.init and hasattr(args, prefix + f.name)}
+    return cls(**{**field_values(cls, values), **overrides})
 
 
 # ---------------------------------------------------------------------------- subcommands
@@ -208,16 +211,11 @@ def _run_vectors(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from faceedit.bank import BankConfig, build_bank, bundle_digest
-    from faceedit.bundle import load_bundle
-    from faceedit.cache import Cache
+    from faceedit.bank import BankConfig, build_bank_folder
 
     config = dataclass_from_args(BankConfig, args)
-    bundle, cache = load_bundle(args.bundle), Cache.open(args.cache)
     start = time.perf_counter()
-    bank = build_bank(bundle.model, cache, config, bundle_hash=bundle_digest(bundle.path),
-                      progress=not args.quiet)
-    bank.save(args.out)
+    bank = build_bank_folder(args.bundle, args.cache, args.out, config, progress=not args.quiet)
     summary = dict(bank.summary(), seconds=round(time.perf_counter() - start, 1), stages=bank.timing)
     print(f"wrote {args.out}: {json.dumps(summary)}")
     return 0
@@ -330,11 +328,7 @@ def _add_judge(p: argparse.ArgumentParser) -> None:
                    "the judge trains on its train split and is scored on its val split")
     p.add_argument("--out", type=Path, required=True, help="judge bundle folder to write (atomically)")
     add_dataclass_args(p, JudgeConfig)
-    add_dataclass_args(p, TrainConfig)
-    for action in p._actions:  # the judge's own training defaults, shown as such in --help
-        if action.dest in TRAINING:
-            action.default = TRAINING[action.dest]
-            action.help = action.help.rsplit(" (default:", 1)[0] + f" (judge default: {action.default})"
+    add_dataclass_args(p, TrainConfig, defaults=TRAINING, defaults_name="judge")
 
 
 def _run_judge(args: argparse.Namespace) -> int:

@@ -19,29 +19,25 @@ J2 J3`); its AUC is measured afresh on the val split.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 from torch import nn
 
 from faceedit.attributes import ATTRIBUTES
+from faceedit.metrics import auc_per_attribute  # noqa: F401 (the judge's AUC; also its API)
 from faceedit.model import MAX_SIDE, MAX_STAGES, MAX_WIDTH
-
-if TYPE_CHECKING:
-    from faceedit.trainer import TrainConfig
+from faceedit.trainer import TrainConfig
 
 KIND = "judge"
 
-# How a judge trains (TrainConfig overrides), in the main job and by default in `faceedit judge`.
-# On the 17,100 real train faces its mean val AUC peaks (0.913) around epoch 14 and then falls as it
-# overfits (0.902 after 8 minutes): 2 minutes, about 12 epochs on this CPU, is at the peak.
-TRAINING: dict[str, float | int] = dict(epochs=20, max_minutes=2.0, lr=2e-3, batch_size=64,
-                                         grad_clip=1.0)
+# How a judge trains, in the main job and by default in `faceedit judge`: a 2-minute budget stops
+# it near its best held-out AUC, before it overfits (BENCHMARKS.md, Audit: "Judges trained longer do not help").
+TRAINING = TrainConfig(epochs=20, max_minutes=2.0, lr=2e-3, batch_size=64, grad_clip=1.0)
 
 
 @dataclass(frozen=True)
@@ -72,14 +68,6 @@ class JudgeConfig:
                              "width >= 1 and dropout in [0, 1)")
         if not 0.0 <= self.min_auc <= 1.0:
             raise ValueError(f"JudgeConfig.min_auc={self.min_auc}: expected a value in [0, 1]")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "JudgeConfig":
-        names = cls.__dataclass_fields__.keys()
-        return cls(**{k: v for k, v in d.items() if k in names})
 
     @property
     def feature_dim(self) -> int:
@@ -155,27 +143,6 @@ def judge_loss(model: Judge, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(model(x), y)
 
 
-def auc_per_attribute(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """ROC AUC of each logit column as a classifier of its label column; NaN where a column of
-    labels holds one class only (no AUC exists). (N, K), (N, K) -> (K,).
-
-    Computed from ranks (Mann-Whitney U, ties averaged), the same number sklearn's roc_auc_score gives.
-    """
-    logits, labels = np.asarray(logits, np.float64), np.asarray(labels) > 0
-    if logits.shape != labels.shape or logits.ndim != 2:
-        raise ValueError(f"auc_per_attribute: logits {logits.shape} and labels {labels.shape} "
-                         "must both be (N, K)")
-    out = np.full(logits.shape[1], np.nan)
-    for k in range(logits.shape[1]):
-        pos = labels[:, k]
-        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
-        ranks = rankdata(logits[:, k])  # 1-based, ties averaged
-        out[k] = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
-    return out
-
-
 def judgeable(auc: np.ndarray | list[float], min_auc: float) -> list[bool]:
     """Which attributes the judge may judge: AUC known and >= min_auc."""
     return [bool(np.isfinite(a) and a >= min_auc) for a in np.asarray(auc, np.float64)]
@@ -249,7 +216,7 @@ class JudgeRecipe:
         return {"judge": judge_record(auc, judgeable(auc, self.config.min_auc), self.config.min_auc)}
 
 
-def train_judge(cache, config: JudgeConfig, train: "TrainConfig", out_dir: str | Path | None = None,
+def train_judge(cache, config: JudgeConfig, train: TrainConfig, out_dir: str | Path | None = None,
                 **fit_seams) -> JudgeResult:
     """Train a judge on the cache's train split with the team's loop; AUC on its val split.
     (`faceedit.recipe.train_bundle(cache, out, JudgeRecipe(config), train)` also writes its bundle.)

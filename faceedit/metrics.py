@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from scipy.stats import rankdata
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -15,6 +17,27 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"psnr: shapes differ, {tuple(x.shape)} vs {tuple(y.shape)}")
     mse = (x.float() - y.float()).pow(2).flatten(1).mean(dim=1)
     return -10 * torch.log10(mse.clamp_min(1e-10))
+
+
+def auc_per_attribute(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """ROC AUC of each logit column as a classifier of its label column; NaN where a column of
+    labels holds one class only (no AUC exists). (N, K), (N, K) -> (K,).
+
+    Computed from ranks (Mann-Whitney U, ties averaged), the same number sklearn's roc_auc_score gives.
+    """
+    logits, labels = np.asarray(logits, np.float64), np.asarray(labels) > 0
+    if logits.shape != labels.shape or logits.ndim != 2:
+        raise ValueError(f"auc_per_attribute: logits {logits.shape} and labels {labels.shape} "
+                         "must both be (N, K)")
+    out = np.full(logits.shape[1], np.nan)
+    for k in range(logits.shape[1]):
+        pos = labels[:, k]
+        n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        ranks = rankdata(logits[:, k])  # 1-based, ties averaged
+        out[k] = (ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return out
 
 
 def bits_per_dim(nll_nats: torch.Tensor, dims: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ Two decoders (the likelihood p(x | z) = N(x~, s^2 I)):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
@@ -102,13 +102,6 @@ class VAEConfig:
     def bottleneck(self) -> int:
         """Side of the smallest feature map, S / 2**len(channels)."""
         return self.image_size // 2 ** len(self.channels)
-
-    def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VAEConfig":
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
 def _norm(kind: Norm, channels: int, groups: int) -> nn.Module:

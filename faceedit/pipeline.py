@@ -17,8 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from faceedit.audit import AuditConfig
+from faceedit.bank import BankConfig
+from faceedit.config import config_to_dict
 from faceedit.files import atomic_write_json, check_replaceable, sha256_file
 from faceedit.judge import TRAINING as JUDGE_TRAINING
+from faceedit.judge import JudgeConfig
+from faceedit.model import VAEConfig
+from faceedit.trainer import TrainConfig
 
 STAMP = ".stage.json"
 STAGE_FOLDERS = ("synth", "cache", "bundle", "bank", "judge", "report", "figures")  # under `run --out`
@@ -91,65 +97,72 @@ def _minutes(seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Profile:
-    """How big a main job: every size the stages use. `default` runs the 19,000 real faces in about 12
-    minutes on a 2-core CPU; `quick` in about 3; `tiny` in seconds (the smoke test); `gpu` and
-    `gpu-128` (64x64 and 128x128) are sized for GPU workers, a 3-minute training budget each."""
+    """How big a main job: the configs of every stage. `default` runs the 19,000 real faces on a
+    2-core CPU, `quick` is a short run, `tiny` takes seconds (the smoke test); `gpu` and `gpu-128`
+    (64x64 and 128x128) are sized for GPU workers; BENCHMARKS.md has their measured times."""
     name: str
     synth_faces: int  # rendered when no CelebA folder is given
     limit: int | None  # rows of a real CelebA folder taken (None: all)
-    image_size: int
-    model: dict[str, Any]  # VAEConfig overrides
-    train: dict[str, Any]  # TrainConfig overrides for the VAE
-    judge: dict[str, Any]  # JudgeConfig overrides
-    judge_train: dict[str, Any]  # TrainConfig overrides for the judge
-    audit: dict[str, Any]  # AuditConfig overrides
+    model: VAEConfig  # its image_size is the cache's and the judge's
+    train: TrainConfig  # the VAE's training
+    judge: JudgeConfig
+    judge_train: TrainConfig
+    audit: AuditConfig
     eta_s: dict[str, float]  # rough seconds per stage on a 2-core CPU (on one GPU: the gpu profiles)
+    bank: BankConfig = BankConfig()
+
+    def __post_init__(self) -> None:
+        if self.judge.image_size != self.model.image_size:
+            raise ValueError(f"Profile {self.name!r}: judge image_size {self.judge.image_size} != "
+                             f"model image_size {self.model.image_size}")
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
 
 
 PROFILES: dict[str, Profile] = {
     "default": Profile(
-        "default", synth_faces=20000, limit=None, image_size=64, model={},
-        # 2 workers x 16; at that batch lr 1.4e-3 edged out 2e-3 (3-minute runs). Local SGD,
-        # weights averaged every 4 steps: 1.22x the images/s of DDP on 2 CPU workers and +0.04 dB
-        # val PSNR in 8 minutes (BENCHMARKS.md; `faceedit train --sync-every 1` is DDP).
-        train=dict(epochs=100, max_minutes=8.0, batch_size=16, lr=1.4e-3, sync_every=4),
-        judge={}, judge_train=dict(JUDGE_TRAINING),
-        audit=dict(faces=64),
+        "default", synth_faces=20000, limit=None, model=VAEConfig(image_size=64),
+        # 2 workers x 16, lr 1.4e-3, local SGD averaging the weights every 4 steps: the settings
+        # BENCHMARKS.md measured best in 8 CPU minutes (`faceedit train --sync-every 1` is DDP).
+        train=TrainConfig(epochs=100, max_minutes=8.0, batch_size=16, lr=1.4e-3, sync_every=4),
+        judge=JudgeConfig(image_size=64), judge_train=JUDGE_TRAINING,
+        audit=AuditConfig(faces=64),
         eta_s=dict(synth=60, prepare=30, train=510, vectors=60, judge=130, audit=150, figures=10)),
     "quick": Profile(
-        "quick", synth_faces=4000, limit=4000, image_size=64, model={},
-        train=dict(epochs=100, max_minutes=1.5, batch_size=16, sync_every=4),
-        judge={}, judge_train=dict(JUDGE_TRAINING, max_minutes=0.5),
-        audit=dict(faces=24, strengths=(-2.0, 2.0),
-                   attributes=("Smiling", "Male", "Eyeglasses", "Heavy_Makeup", "Blond_Hair")),
+        "quick", synth_faces=4000, limit=4000, model=VAEConfig(image_size=64),
+        train=TrainConfig(epochs=100, max_minutes=1.5, batch_size=16, sync_every=4),
+        judge=JudgeConfig(image_size=64), judge_train=dataclasses.replace(JUDGE_TRAINING, max_minutes=0.5),
+        audit=AuditConfig(faces=24, strengths=(-2.0, 2.0),
+                          attributes=("Smiling", "Male", "Eyeglasses", "Heavy_Makeup", "Blond_Hair")),
         eta_s=dict(synth=15, prepare=10, train=100, vectors=15, judge=35, audit=30, figures=5)),
     # One GPU (or one per Ray worker): the wider model of BENCHMARKS.md's H200 runs ("Training on
     # one GPU"), at a batch a GPU wants; validation every few epochs (GPU epochs are short) and
     # the best validation's weights kept, since 3 minutes are many epochs.
     "gpu": Profile(
-        "gpu", synth_faces=20000, limit=None, image_size=64,
-        model=dict(channels=(32, 64, 128, 256), blocks=1, norm="group"),
-        train=dict(epochs=1000, max_minutes=3.0, batch_size=128, lr=2e-3, val_every=5),
-        judge={}, judge_train=dict(JUDGE_TRAINING),
-        audit=dict(faces=64),
+        "gpu", synth_faces=20000, limit=None,
+        model=VAEConfig(image_size=64, channels=(32, 64, 128, 256), blocks=1, norm="group"),
+        train=TrainConfig(epochs=1000, max_minutes=3.0, batch_size=128, lr=2e-3, val_every=5),
+        judge=JudgeConfig(image_size=64), judge_train=JUDGE_TRAINING,
+        audit=AuditConfig(faces=64),
         eta_s=dict(synth=60, prepare=30, train=200, vectors=20, judge=30, audit=40, figures=10)),
     # 128x128 end to end: a fifth stride-2 stage keeps the bottleneck at 4x4.
     "gpu-128": Profile(
-        "gpu-128", synth_faces=20000, limit=None, image_size=128,
-        model=dict(channels=(32, 64, 128, 256, 256), blocks=1, norm="group"),
-        train=dict(epochs=1000, max_minutes=3.0, batch_size=128, lr=2e-3, val_every=2),
-        judge={}, judge_train=dict(JUDGE_TRAINING),
-        audit=dict(faces=64),
+        "gpu-128", synth_faces=20000, limit=None,
+        model=VAEConfig(image_size=128, channels=(32, 64, 128, 256, 256), blocks=1, norm="group"),
+        train=TrainConfig(epochs=1000, max_minutes=3.0, batch_size=128, lr=2e-3, val_every=2),
+        judge=JudgeConfig(image_size=128), judge_train=JUDGE_TRAINING,
+        audit=AuditConfig(faces=64),
         eta_s=dict(synth=120, prepare=60, train=200, vectors=40, judge=60, audit=80, figures=10)),
     "tiny": Profile(
-        "tiny", synth_faces=240, limit=240, image_size=32,
-        model=dict(channels=(8, 16), latent_dim=16),
-        train=dict(epochs=1, max_minutes=0.0, batch_size=32, sync_every=2,  # crosses local SGD
-                   progress=False),
-        judge=dict(width=4, stages=2), judge_train=dict(epochs=1, max_minutes=0.0, batch_size=32,
-                                                        progress=False),
-        audit=dict(faces=4, strengths=(-1.0, 1.0), headline=1.0, attributes=("Smiling", "Male"),
-                   strips=1),
+        "tiny", synth_faces=240, limit=240, model=VAEConfig(image_size=32, channels=(8, 16), latent_dim=16),
+        train=TrainConfig(epochs=1, max_minutes=0.0, batch_size=32, sync_every=2,  # crosses local SGD
+                          progress=False),
+        judge=JudgeConfig(image_size=32, width=4, stages=2),
+        judge_train=TrainConfig(epochs=1, max_minutes=0.0, batch_size=32, progress=False),
+        audit=AuditConfig(faces=4, strengths=(-1.0, 1.0), headline=1.0, attributes=("Smiling", "Male"),
+                          strips=1),
         eta_s=dict(synth=5, prepare=3, train=20, vectors=3, judge=5, audit=5, figures=2)),
 }
 
@@ -196,21 +209,12 @@ def main_job(out: Path, data: Path | None, profile: Profile, train_vae: TrainBun
     that this library module does not import Ray; default: the plain loop in this process). The
     judge trains in this process. Every output lands under `out`.
     """
-    from faceedit.audit import AuditConfig
-    from faceedit.bank import BankConfig
-    from faceedit.judge import JudgeConfig
-    from faceedit.model import VAEConfig
     from faceedit.objective import VAERecipe
     from faceedit.recipe import train_bundle
-    from faceedit.trainer import TrainConfig
 
     paths = {name: out / name for name in STAGE_FOLDERS}
-    model_cfg = VAEConfig(image_size=profile.image_size, **profile.model)
-    train_cfg = TrainConfig(**profile.train)
-    judge_cfg = JudgeConfig(image_size=profile.image_size, **profile.judge)
-    judge_train_cfg = TrainConfig(**profile.judge_train)
-    audit_cfg = AuditConfig(**profile.audit)
-    bank_cfg = BankConfig()
+    model_cfg, train_cfg, bank_cfg = profile.model, profile.train, profile.bank
+    judge_cfg, judge_train_cfg, audit_cfg = profile.judge, profile.judge_train, profile.audit
     train_vae = train_vae or train_bundle
     source = data if data is not None else paths["synth"]
     stages: list[Stage] = []
@@ -226,19 +230,19 @@ def main_job(out: Path, data: Path | None, profile: Profile, train_vae: TrainBun
               lambda: {"source": source_fingerprint(source)},
               lambda p: _prepare(source, p, profile.image_size, limit), profile.eta_s["prepare"]),
         Stage("train: the VAE on local Ray", paths["bundle"],
-              {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg)},
+              {"model": config_to_dict(model_cfg), "train": config_to_dict(train_cfg)},
               lambda: {"cache": _cache_hash(paths["cache"])},
               lambda p: train_vae(paths["cache"], p, VAERecipe(model_cfg), train_cfg),
               profile.eta_s["train"]),
-        Stage("vectors: the attribute bank", paths["bank"], dataclasses.asdict(bank_cfg),
+        Stage("vectors: the attribute bank", paths["bank"], config_to_dict(bank_cfg),
               lambda: {"cache": _cache_hash(paths["cache"]), "bundle": _weights_hash(paths["bundle"])},
               lambda p: _vectors(paths["bundle"], paths["cache"], p, bank_cfg), profile.eta_s["vectors"]),
         Stage("judge: the audit's independent attribute classifier", paths["judge"],
-              {"judge": dataclasses.asdict(judge_cfg), "train": dataclasses.asdict(judge_train_cfg)},
+              {"judge": config_to_dict(judge_cfg), "train": config_to_dict(judge_train_cfg)},
               lambda: {"cache": _cache_hash(paths["cache"])},
               lambda p: _judge(paths["cache"], p, judge_cfg, judge_train_cfg), profile.eta_s["judge"]),
         Stage("audit: edit held-out faces, re-score them with the judge", paths["report"],
-              audit_cfg.to_dict(),
+              config_to_dict(audit_cfg),
               lambda: {"cache": _cache_hash(paths["cache"]), "bundle": _weights_hash(paths["bundle"]),
                        "bank": sha256_file(paths["bank"] / "vectors.safetensors"),
                        "judge": _weights_hash(paths["judge"])},
@@ -270,13 +274,9 @@ def _prepare(source: Path, out: Path, size: int, limit: int | None) -> None:
 
 
 def _vectors(bundle: Path, cache: Path, out: Path, config: Any) -> None:
-    from faceedit.bank import build_bank, bundle_digest
-    from faceedit.bundle import load_bundle
-    from faceedit.cache import Cache
+    from faceedit.bank import build_bank_folder
 
-    bank = build_bank(load_bundle(bundle).model, Cache.open(cache), config,
-                      bundle_hash=bundle_digest(bundle))
-    bank.save(out)
+    build_bank_folder(bundle, cache, out, config)
 
 
 def _judge(cache: Path, out: Path, config: Any, train: Any) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.audit import AuditResult, EditStats
+from faceedit.config import config_to_dict
 from faceedit.files import atomic_dir
 from faceedit.opening import CSS as OPENING_CSS
 from faceedit.opening import edit_audit_headlines, edit_audit_key_figure, opening_html
@@ -67,7 +68,7 @@ def report_document(result: AuditResult, inputs: dict[str, Any]) -> dict[str, An
     doc = {
         "format": 1,
         "inputs": inputs,
-        "settings": result.settings.to_dict(),
+        "settings": config_to_dict(result.settings),
         "attributes": list(result.attributes),
         "judge": {"members": judge.members, "min_auc": judge.min_auc, "auc": _by_attr(judge.auc),
                   "can_judge": _by_attr(judge.can_judge), "cannot_judge": cannot_judge(result)},

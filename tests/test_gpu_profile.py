@@ -12,7 +12,6 @@ from PIL import Image
 from faceedit.judge import JudgeConfig
 from faceedit.model import VAE, VAEConfig
 from faceedit.pipeline import PROFILES, choose_profile
-from faceedit.trainer import TrainConfig
 
 
 def test_auto_profile_is_gpu_with_cuda_else_the_cpu_default():
@@ -28,9 +27,8 @@ def test_gpu_profiles_build_their_configs_and_model(name):
     import torch
 
     p = PROFILES[name]
-    model = VAEConfig(image_size=p.image_size, **p.model)
-    train = TrainConfig(**p.train)
-    JudgeConfig(image_size=p.image_size, **p.judge)
+    model, train = p.model, p.train
+    assert p.judge.image_size == model.image_size == p.image_size
     assert model.bottleneck == 4  # 64 / 2**4 and 128 / 2**5
     assert train.keep == "best" and train.max_minutes == 3.0 and train.val_every > 1
     assert train.sync_every == 1  # one worker per GPU: nothing to average between steps
@@ -50,8 +48,8 @@ def test_main_job_at_128_makes_every_artefact(tmp_path, monkeypatch, capsys):
     from faceedit.judge import load_judge
 
     tiny128 = dataclasses.replace(
-        PROFILES["tiny"], name="tiny", image_size=128,
-        model=dict(channels=(4, 8, 8, 8, 16), latent_dim=16), judge=dict(width=4, stages=3))
+        PROFILES["tiny"], name="tiny", model=VAEConfig(image_size=128, channels=(4, 8, 8, 8, 16), latent_dim=16),
+        judge=JudgeConfig(image_size=128, width=4, stages=3))
     monkeypatch.setitem(pipeline.PROFILES, "tiny", tiny128)
     out = tmp_path / "main"
     assert main(["run", "--profile", "tiny", "--out", str(out), "--no-serve"]) == 0

@@ -133,3 +133,18 @@ def test_judge_cli_smoke(tmp_path, capsys):
     assert code == 0
     assert "cannot_judge" in capsys.readouterr().out
     assert load_judge(tmp_path / "j").model.config.width == 4
+
+
+def test_the_judge_command_trains_by_default_as_the_main_job_does():
+    """`faceedit judge`'s training defaults are faceedit.judge.TRAINING, the main job's (passed to
+    the option generator, not patched into argparse afterwards)."""
+    from faceedit.cli import build_parser, dataclass_from_args
+    from faceedit.judge import TRAINING
+    from faceedit.pipeline import PROFILES
+    from faceedit.trainer import TrainConfig
+
+    args = build_parser("judge").parse_args(["judge", "--cache", "c", "--out", "o"])
+    assert dataclass_from_args(TrainConfig, args) == TRAINING == PROFILES["default"].judge_train
+    assert TRAINING != TrainConfig()
+    args = build_parser("judge").parse_args(["judge", "--cache", "c", "--out", "o", "--epochs", "3"])
+    assert dataclass_from_args(TrainConfig, args).epochs == 3

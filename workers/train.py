@@ -43,11 +43,11 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Literal
+from typing import Any, Literal
 
 import torch
 
-from faceedit.bundle import config_to_dict
+from faceedit.config import config_to_dict
 from faceedit.cache import Cache
 from faceedit.files import atomic_write_json
 from faceedit.recipe import Recipe, write_bundle
