@@ -3,8 +3,8 @@
 import os
 
 # OpenMP threads that spin-wait at the end of every parallel region stall whenever another process
-# holds a core (a shared or oversubscribed machine): training the VAE on 2 busy cores ran 3.6x
-# faster with PASSIVE (139 vs 39 images/s, bench/bench_train.py, load average 8). It must be set
+# holds a core (a shared or oversubscribed machine): on busy cores the VAE trains several times
+# faster with PASSIVE (bench/bench_train.py; BENCHMARKS.md, Training throughput). It must be set
 # before torch loads its OpenMP runtime, hence here; an explicit setting in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 

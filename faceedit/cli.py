@@ -750,10 +750,11 @@ def _add_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/main"), help="where every output goes: "
                    "cache, bundle, bank, judge, report, figures (default: runs/main)")
     p.add_argument("--profile", choices=("auto", "default", "quick", "tiny", "gpu", "gpu-128"),  # pipeline.PROFILES
-                   default="auto", help="default: ~12 min on the 19,000 real faces on a 2-core CPU; "
-                   "quick: ~3 min; tiny: seconds, for smoke tests; gpu: sized for GPU workers (a "
-                   "wider VAE, batch 128 per GPU, a 3-minute training budget); gpu-128: the same "
-                   "at 128x128 (default: auto, gpu when this machine has CUDA, else default)")
+                   default="auto", help="default: the 19,000 real faces on a 2-core CPU; quick: a "
+                   "short run; tiny: seconds, for smoke tests; gpu: sized for GPU workers (a wider "
+                   "VAE, batch 128 per GPU, a 3-minute training budget); gpu-128: the same at "
+                   "128x128; their times: BENCHMARKS.md (default: auto, gpu when this machine has "
+                   "CUDA, else default)")
     p.add_argument("--quick", dest="profile", action="store_const", const="quick",
                    help="same as --profile quick")
     p.add_argument("--workers", type=int, default=None, help="Ray training workers (default: one "

@@ -9,10 +9,9 @@ and saved as a bundle of kind "judge". Its held-out ROC AUC per attribute decide
 may judge at all: below `min_auc` (0.75) an attribute is marked "cannot judge" and the audit greys
 out its numbers instead of using them.
 
-Judges trained alike from different seeds agree on the attributes themselves (on the real faces,
-three such judges' mean AUCs were within 0.002) but not on what else a picture says about them (how
-much a smile tells about gender), and that moves the audit's leakages by a few hundredths of a logit
-sd (Smiling's balanced Male leakage: -0.015 to -0.058 over those three). A `Committee` of several judges scores
+Judges trained alike from different seeds agree on the attributes themselves but not on what else
+a picture says about them (how much a smile tells about gender), and that moves the audit's
+leakages (the spread over three seeds: BENCHMARKS.md, Audit). A `Committee` of several judges scores
 with the mean of their logits, which averages that disagreement out (`faceedit audit --judge J1
 J2 J3`); its AUC is measured afresh on the val split.
 """
@@ -44,8 +43,7 @@ TRAINING = TrainConfig(epochs=20, max_minutes=2.0, lr=2e-3, batch_size=64, grad_
 class JudgeConfig:
     image_size: int = field(default=64, metadata={"help": "side S of the square images it reads"})
     width: int = field(default=16, metadata={"help": "channels of the first stage, doubled at every "
-                       "further stage (16: 1,800-2,800 train images/s at 64x64 on a 2-core CPU with "
-                       "bf16)"})
+                       "further stage (its speed: BENCHMARKS.md, the main job's judge stage)"})
     stages: int = field(default=4, metadata={"help": "stride-2 stages; S / 2**stages is the last "
                         "feature map's side"})
     dropout: float = field(default=0.1, metadata={"help": "dropout before the linear head"})

@@ -44,7 +44,7 @@ class VAEConfig:
     channels: tuple[int, ...] = field(default=(16, 64, 128, 256), metadata={
         "help": "encoder widths, one per stride-2 stage (the decoder mirrors them); "
                 "S / 2**len(channels) is the bottleneck side. The first (full/half-resolution) "
-                "width dominates CPU time: 16 trains ~2x faster than 32 for a small loss per step"})
+                "width dominates CPU time (16 against 32: BENCHMARKS.md, Reconstruction quality)"})
     blocks: int = field(default=0, metadata={"help": "residual blocks per stage after each resampling "
                         "(0: a plain conv VAE, best within minutes of CPU; 1: better on a GPU)"})
     norm: Norm = field(default="none", metadata={"help": "normalization in conv layers: group "
@@ -139,7 +139,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
         widths = (3, *cfg.channels)
-        # 3x3 stride-2 convs: 9/16 of a 4x4's work (8-minute Ray runs: 536 vs 465 images/s)
+        # 3x3 stride-2 convs: 9/16 of a 4x4's work (faster, no worse: BENCHMARKS.md, Reconstruction quality)
         self.stages = nn.Sequential(*[
             _stage(nn.Conv2d(cin, cout, 3, stride=2, padding=1), cout, cfg)
             for cin, cout in zip(widths[:-1], widths[1:])
@@ -166,8 +166,8 @@ class Decoder(nn.Module):
             for cin, cout in zip(widths[:-1], widths[1:])
         ])
         # Straight to RGB at full resolution: without a further 16-channel layer at S x S (transposed
-        # conv, SiLU, 3x3 conv) the model trained 1.3x faster on the CPU and ended 0.3 dB higher
-        # in the same 3 minutes (runs side by side, BENCHMARKS.md).
+        # conv, SiLU, 3x3 conv) the model trains faster on the CPU and ends better in the same time
+        # (runs side by side: BENCHMARKS.md, Reconstruction quality).
         self.out = nn.ConvTranspose2d(widths[-1], 3, 4, stride=2, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ _TABLE: np.ndarray | None = None
 NOT_RENDERED: tuple[str, ...] = ("Attractive",)
 RENDERED: tuple[str, ...] = tuple(a for a in ATTRIBUTES if a not in NOT_RENDERED)
 
-# Supersampling factor. 2 draws at 2x and halves (anti-aliased edges) but costs 1.6x the time; the
+# Supersampling factor. 2 draws at 2x and halves (anti-aliased edges) but costs much more time; the
 # 64x64 training crops, downscaled with a filter, do not show the difference, so 1 (the speed goal).
 _SS = 1
 _CENTRE = (89.0, 121.0)  # face centre (between eyes and mouth) in the 178x218 image

@@ -60,8 +60,8 @@ class TrainConfig:
                                "With a budget the LR schedule follows elapsed time, so it still "
                                "anneals to the end; runs are then not bit-reproducible"})
     batch_size: int = field(default=32, metadata={"help": "images per step per worker. At a fixed "
-                            "CPU budget more, smaller steps win: 32 per step beat 64 by 0.45 dB val PSNR "
-                            "in 3 CPU minutes (the main job runs 2 Ray workers x 16)"})
+                            "CPU budget more, smaller steps win (BENCHMARKS.md, Reconstruction "
+                            "quality; the main job runs 2 Ray workers x 16)"})
     lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW decoupled weight decay"})
     schedule: Schedule = field(default="cosine", metadata={"help": "cosine: linear warmup then cosine "
@@ -69,15 +69,15 @@ class TrainConfig:
     warmup: float = field(default=0.03, metadata={"help": "fraction of training spent warming up"})
     grad_clip: float = field(default=0.0, metadata={"help": "max global gradient norm (0: off). Off "
                              "by default: the VAE's summed-pixel loss has norms far above 1, and clipping "
-                             "at 1 cost 0.2 dB val PSNR in 3 CPU minutes (Adam rescales steps anyway)"})
+                             "at 1 cost val PSNR (BENCHMARKS.md; Adam rescales steps anyway)"})
     flip: bool = field(default=True, metadata={"help": "random horizontal flips of train images"})
     seed: int = field(default=0, metadata={"help": "seed of weights, shuffling, flips and noise"})
     device: str = field(default="auto", metadata={"help": "auto (cuda if present), cpu, cuda, cuda:1"})
     precision: Literal["auto", "bf16", "fp32"] = field(default="auto", metadata={
-        "help": "auto: bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16 or AMX: "
-                "1.3x the images/s of fp32 on this CPU), else fp32"})
+        "help": "auto: bf16 autocast on GPU and on CPUs with native bf16 (AVX512-BF16 or AMX; "
+                "the speed-up: BENCHMARKS.md, Training throughput), else fp32"})
     channels_last: bool = field(default=True, metadata={"help": "NHWC memory format for images and "
-                                "conv weights (faster on GPU, and ~2x on this CPU with oneDNN)"})
+                                "conv weights (faster on GPU, and on CPUs with oneDNN)"})
     threads: int = field(default=0, metadata={"help": "torch CPU threads (0: leave torch's choice)"})
     report_every: int = field(default=0, metadata={"help": "also report/checkpoint every K steps (0: "
                               "epoch ends only)"})
@@ -302,8 +302,8 @@ class _Loop:
                 raise ValueError(f"TrainConfig.sync_every={config.sync_every} (local SGD) with a "
                                  "DDP-wrapped model: pass a wrap_model that does not add DDP")
             average_weights(self.model)  # the same start everywhere (DDP would broadcast it)
-        # fused: one kernel over all parameters instead of ~10 ops per tensor (the same update;
-        # 1.17x the images/s of a 1-thread CPU step of the VAE at batch 16, bench/bench_train.py)
+        # fused: one kernel over all parameters instead of ~10 ops per tensor (the same update,
+        # faster: bench/bench_train.py; BENCHMARKS.md, Training throughput)
         self.optimizer = torch.optim.AdamW(self.wrapped.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay,
                                            fused=self.device.type in ("cpu", "cuda"))

@@ -60,8 +60,7 @@ def default_confounders(attr: str) -> tuple[str, ...]:
 def default_projected_out(attr: str) -> tuple[str, ...]:
     """The directions the projection removes by default: the balancing confounders, except that
     Smiling and Mouth_Slightly_Open keep each other. Each one's naive vector is mostly the other
-    (cosine 0.91 on the real faces), so removing it removed the edit itself: 27% and 14% of the
-    naive edit's efficacy were left (BENCHMARKS.md, Audit)."""
+    on the real faces, so removing it removed most of the edit itself (BENCHMARKS.md, Audit)."""
     partners = {"Smiling": "Mouth_Slightly_Open", "Mouth_Slightly_Open": "Smiling"}
     return tuple(c for c in default_confounders(attr) if c != partners.get(attr))
 
@@ -389,7 +388,7 @@ def boundary_vector(mu: np.ndarray, y: np.ndarray, weights: np.ndarray | None = 
 
     plat's --svm and InterFaceGAN fit a linear SVM; a logistic regression gives the same kind of
     separating hyperplane with a smooth loss. sklearn's newton-cholesky solver is deterministic and
-    converges in a few Newton steps for N >> D (lbfgs took ~100x longer on small problems here).
+    converges in a few Newton steps for N >> D (lbfgs took far longer on small problems here).
     Weights (e.g. the balancing factors) are rescaled to mean 1 so C keeps its meaning. The normal
     points towards y=1.
     """
