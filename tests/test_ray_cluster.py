@@ -20,6 +20,10 @@ EPOCHS, BATCH, REPORT_EVERY = 3, 16, 8
 TRAIN, VAL = 1024, 64
 STEPS = EPOCHS * (TRAIN // 2 // BATCH)  # 2 workers: 32 steps an epoch
 DRIVER_TIMEOUT = 300
+# Two Ray nodes started with `ray start`, then whole training runs on them: the slowest tests, kept
+# out of the default run (`pytest -m slow` runs them; workers/cluster.py's local Ray is tested in
+# the default run by tests/test_ray_train.py).
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -101,6 +101,38 @@ def kill_tree(pids: list[int], grace: float = 5.0) -> None:
             time.sleep(0.1)
 
 
+def listening_addresses(pid: int, names: tuple[str, ...] = ()) -> set[str]:
+    """The IP addresses that pid and its descendants (only those whose /proc comm is one of `names`,
+    when given) listen on with TCP, from /proc (Linux)."""
+    import ipaddress
+
+    inodes = set()
+    for p in process_tree(pid):
+        try:
+            if names and Path(f"/proc/{p}/comm").read_text().strip() not in names:
+                continue
+            fds = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                link = os.readlink(f"/proc/{p}/fd/{fd}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    out = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] == "0A" and cols[9] in inodes:  # 0A: LISTEN
+                hexip = cols[1].split(":")[0]  # 32-bit words in host (little-endian) order
+                raw = b"".join(bytes.fromhex(hexip[i: i + 8])[::-1] for i in range(0, len(hexip), 8))
+                ip = ipaddress.ip_address(raw)
+                out.add(str(getattr(ip, "ipv4_mapped", None) or ip))  # ::ffff:127.0.0.1 -> 127.0.0.1
+    return out
+
+
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
