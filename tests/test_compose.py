@@ -81,6 +81,10 @@ def test_the_editor_listens_in_the_container_and_publishes_to_localhost(compose)
     args = cli.build_parser().parse_args(argv)
     assert args.host == "0.0.0.0"
     assert editor["ports"] == [f"127.0.0.1:{args.port}:{args.port}"]
+    # binding 0.0.0.0 needs an explicit choice about a login, or `faceedit serve` refuses to start
+    from ui.app import check_exposure, parse_auth
+
+    check_exposure(args.host, args.share, parse_auth(args.auth), args.no_auth)
 
 
 def test_one_volume_at_the_same_path_everywhere(compose):
