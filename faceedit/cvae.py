@@ -17,14 +17,18 @@ Two parts beyond the plain CVAE:
   linear probe on held-out faces (`faceedit.probe`).
 
 Loss per image: -log p(x | z, y) + beta * KL(q(z | x, y) || N(0, I)) + BCE(q(y | x), y)
-+ BCE(adversary(mu), y) (its gradient reversed, times `adversary`, on the way into the encoder).
++ BCE(adversary(mu), y) (its gradient reversed, times `adversary`, on the way into the encoder; or,
+with adversary_mode "confuse", the adversary learns on a detached mu while the encoder pays
+`adversary` x BCE(adversary(mu), the batch's label frequencies) with the adversary's weights held:
+a code on which it can only guess the base rates, as the entropy-style confusion objectives of
+Roy & Boddeti 2019 ask, instead of one that makes it confidently wrong).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, Iterator, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +53,11 @@ class CVAEConfig(VAEConfig):
                 "mu (Fader Networks, Lample et al. 2017); 0: a plain CVAE, whose code still "
                 "carries the labels (see BENCHMARKS.md, Conditional VAE)"})
     adversary_width: int = field(default=256, metadata={"help": "hidden units of the adversary MLP"})
+    adversary_mode: Literal["reverse", "confuse"] = field(default="reverse", metadata={
+        "help": "reverse: the encoder receives the adversary's gradient reversed (it is rewarded "
+                "for making the adversary confidently wrong, which needs the labels); confuse: "
+                "the encoder is pulled toward codes on which the adversary predicts the batch's "
+                "label frequencies for every face (no information)"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -56,6 +65,8 @@ class CVAEConfig(VAEConfig):
             attribute_index(a)
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"CVAEConfig.labels={self.labels!r}: an attribute is named twice")
+        if self.adversary_mode not in ("reverse", "confuse"):
+            raise ValueError(f"CVAEConfig.adversary_mode={self.adversary_mode!r}: expected reverse or confuse")
         if self.adversary < 0 or self.adversary_width < 1:
             raise ValueError(f"CVAEConfig: adversary={self.adversary}, adversary_width="
                              f"{self.adversary_width}: expected adversary >= 0, width >= 1")
@@ -85,6 +96,8 @@ class CVAEOutput(NamedTuple):
     logvar: torch.Tensor  # (B, D)
     label_logits: torch.Tensor  # (B, L) q(y | x)
     adversary_logits: torch.Tensor  # (B, L) the adversary's guess of y from mu; (B, 0) without one
+    confusion_logits: torch.Tensor  # (B, L) the same guess with the adversary's weights held (mode
+    #                                 confuse: only the encoder learns from it); (B, 0) otherwise
 
 
 class CVAELoss(NamedTuple):
@@ -95,6 +108,7 @@ class CVAELoss(NamedTuple):
     kl: torch.Tensor
     classifier: torch.Tensor
     adversary: torch.Tensor
+    confusion: torch.Tensor  # mode confuse: adversary x BCE(its guess, the batch's label frequencies)
     log_sigma: torch.Tensor
 
 
@@ -166,11 +180,14 @@ class CVAE(nn.Module):
         mu, logvar = self.head(torch.cat([h, y.to(h.dtype)], dim=1)).float().chunk(2, dim=1)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
         recon = self.decoder(torch.cat([z, y.to(z.dtype)], dim=1))
-        if self.adversary is not None:
+        conf = adv = mu.new_zeros(len(mu), 0)
+        if self.adversary is not None and self.config.adversary_mode == "reverse":
             adv = self.adversary(_Reverse.apply(mu, self.config.adversary)).float()
-        else:
-            adv = mu.new_zeros(len(mu), 0)
-        return CVAEOutput(recon, mu, logvar, self.classifier(h).float(), adv)
+        elif self.adversary is not None:  # confuse: the adversary learns on a detached code...
+            adv = self.adversary(mu.detach()).float()
+            held = {k: v.detach() for k, v in self.adversary.named_parameters()}
+            conf = torch.func.functional_call(self.adversary, held, (mu,)).float()  # ...the encoder here
+        return CVAEOutput(recon, mu, logvar, self.classifier(h).float(), adv, conf)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -209,9 +226,14 @@ def cvae_loss(x: torch.Tensor, y: torch.Tensor, out: CVAEOutput, config: CVAECon
     base = vae_loss(x, VAEOutput(out.recon, out.mu, out.logvar), config, log_sigma)
     target = (y > 0).float()
     cls = F.binary_cross_entropy_with_logits(out.label_logits, target, reduction="sum") / len(x)
+    zero = torch.zeros((), device=x.device)
     adv = (F.binary_cross_entropy_with_logits(out.adversary_logits, target, reduction="sum") / len(x)
-           if out.adversary_logits.shape[1] else torch.zeros((), device=x.device))
-    return CVAELoss(base.total + cls + adv, base.reconstruction, base.kl, cls, adv, base.log_sigma)
+           if out.adversary_logits.shape[1] else zero)
+    conf = (config.adversary * F.binary_cross_entropy_with_logits(
+        out.confusion_logits, target.mean(0, keepdim=True).expand_as(target), reduction="sum") / len(x)
+        if out.confusion_logits.shape[1] else zero)
+    return CVAELoss(base.total + cls + adv + conf, base.reconstruction, base.kl, cls, adv, conf,
+                    base.log_sigma)
 
 
 class CVAEObjective(VAEObjective):

@@ -86,6 +86,23 @@ def test_adversary_gradient_reaches_the_encoder_reversed():
     assert model.head.weight.grad.abs().sum() > 0  # it reaches the encoder
 
 
+def test_confuse_mode_trains_the_adversary_on_a_detached_code_and_the_encoder_on_held_weights():
+    torch.manual_seed(0)
+    config = replace(TINY, adversary=2.0, adversary_mode="confuse")
+    model = CVAE(config)
+    x, y = torch.rand(6, 3, 16, 16), model.condition_of(torch.randint(0, 2, (6, 40)))
+    out = model(x, y)
+    loss = cvae_loss(x, y, out, config)
+    g_adv_from_conf = torch.autograd.grad(loss.confusion, model.adversary[0].weight, allow_unused=True,
+                                          retain_graph=True)[0]
+    assert g_adv_from_conf is None  # the confusion term never trains the adversary
+    g_head_from_adv = torch.autograd.grad(loss.adversary, model.head.weight, allow_unused=True,
+                                          retain_graph=True)[0]
+    assert g_head_from_adv is None  # the adversary's own term never reaches the encoder
+    assert torch.autograd.grad(loss.confusion, model.head.weight)[0].abs().sum() > 0
+    torch.testing.assert_close(out.confusion_logits, out.adversary_logits)
+
+
 def test_training_learns_the_label_and_round_trips_as_a_bundle(cache, tmp_path):
     # the unit-variance decoder weighs pixels lightly, so the KL term keeps brightness out of z and
     # the decoder must take it from y
