@@ -314,7 +314,7 @@ class Optimism:
 
     def summary(self) -> dict[str, Any]:
         b = self.beyond
-        sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+        from scipy.special import expit as sig
         return {"attribute": self.attr, "codes": int(b.size), "beyond_training": int(b.sum()),
                 "judged_beyond_training": int((self.judged[b] > self.train_judged_max).sum()),
                 "mean_logit_gap": float((self.predicted[b] - self.judged[b]).mean()) if b.any() else None,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.special import expit
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
 
@@ -89,7 +90,7 @@ def fit_predictor(mu: np.ndarray, labels: np.ndarray, val_mu: np.ndarray, val_la
            * len(ATTRIBUTES))
     a, c0 = a.detach().numpy(), c0.detach().numpy()
     w, c = w * a[:, None], c * a + c0
-    p = 1 / (1 + np.exp(-(val_mu @ w.T + c)))
+    p = expit(val_mu @ w.T + c)  # (V, 40)
     auc, ece = auc_per_attribute(p, val_labels), np.full(len(ATTRIBUTES), np.nan)
     for k in range(len(ATTRIBUTES)):
         vk = val_labels[:, k] > 0
