@@ -509,7 +509,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if log_dir.exists() and not log_dir.is_dir():  # say so now, not from a Ray worker later
         raise ValueError(f"--log-dir {log_dir}: exists and is not a folder (metrics.jsonl and "
                          "figures/ go in it); pass another --log-dir")
-    recipe = CVAERecipe(model_config) if args.kind == "cvae" else VAERecipe(model_config)
+    recipe = (CVAERecipe if args.kind == "cvae" else VAERecipe)(model_config, args.map_attribute)
     if args.workers >= 1:
         from workers.train import RayConfig, train_on_ray
 
@@ -527,11 +527,8 @@ def _run_train(args: argparse.Namespace) -> int:
             return 3
     shown = {k: round(v, 4) for k, v in metrics.items() if k.startswith("val_") or k == "step"}
     print(f"wrote {args.out} (log: {log_dir}): {json.dumps(shown)}")
-    if args.map_attribute:
-        from faceedit.codemap import write_map_for_cache
-
-        done = write_map_for_cache(log_dir, cache, args.map_attribute)
-        print(f"map of the codes: {done.gif} ({len(done.epochs)} frames), {done.final}")
+    if args.map_attribute and (log_dir / "figures" / "codemap.gif").is_file():
+        print(f"map of the codes: {log_dir / 'figures' / 'codemap.gif'} (one frame per epoch)")
     return 0
 
 

@@ -125,3 +125,11 @@ def write_map_for_cache(log_dir: str | Path, cache, attribute: str,
                         out_dir: str | Path | None = None) -> CodeMap:
     """`write_map` with the labels of the cache's first val faces (the ones the loop recorded)."""
     return write_map(log_dir, cache.labels[cache.indices("val")], attribute, out_dir)
+
+
+def draw_if_recorded(log_dir: str | Path | None, cache, attribute: str) -> CodeMap | None:
+    """After training (a recipe's `finish`): the map of a run whose log holds recorded codes, or
+    None when there is no log, no record or no attribute ("" turns the map off)."""
+    if log_dir is None or not attribute or not any((Path(log_dir) / "records").glob("codes_e*.npy")):
+        return None
+    return write_map_for_cache(log_dir, cache, attribute)

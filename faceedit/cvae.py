@@ -292,6 +292,11 @@ class CVAERecipe:
     process or by workers/train.py on Ray; its bundle (kind "cvae") records the fitted prior of z."""
 
     config: CVAEConfig
+    map_attribute: str = "Smiling"  # colours the map of the codes drawn into the log ("": none)
+
+    def __post_init__(self) -> None:
+        if self.map_attribute:
+            attribute_index(self.map_attribute)  # a bad name fails now, not after training
 
     def build(self) -> CVAE:
         return CVAE(self.config)
@@ -305,7 +310,11 @@ class CVAERecipe:
         check_image_size(cache, self.config.image_size, "model")
 
     def finish(self, model: CVAE, cache: Cache, log_dir: Path | None) -> dict[str, Any]:
-        return {"prior": fit_prior(model, cache, log_dir)}
+        from faceedit.codemap import draw_if_recorded
+
+        record = {"prior": fit_prior(model, cache, log_dir)}
+        draw_if_recorded(log_dir, cache, self.map_attribute)
+        return record
 
 
 def _register() -> None:

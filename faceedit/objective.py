@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from faceedit.attributes import attribute_index
 from faceedit.cache import Cache, to_float
 from faceedit.figures import grid, save_png
 from faceedit.metrics import bits_per_dim, psnr
@@ -126,9 +127,14 @@ def fit_prior(model: VAE, cache: Cache, log_dir: str | Path | None = None, batch
 @dataclass(frozen=True)
 class VAERecipe:
     """The VAE as a `faceedit.recipe.Recipe`: trained by `faceedit.recipe.train_bundle` in this
-    process or by workers/train.py on Ray; its bundle records the fitted sampling prior."""
+    process or by workers/train.py on Ray; its bundle records the fitted sampling prior; its log gets the map of the codes."""
 
     config: VAEConfig
+    map_attribute: str = "Smiling"  # colours the map of the codes drawn into the log ("": none)
+
+    def __post_init__(self) -> None:
+        if self.map_attribute:
+            attribute_index(self.map_attribute)  # a bad name fails now, not after training
 
     def build(self) -> VAE:
         return VAE(self.config)
@@ -140,4 +146,8 @@ class VAERecipe:
         check_image_size(cache, self.config.image_size, "model")
 
     def finish(self, model: VAE, cache: Cache, log_dir: Path | None) -> dict[str, Any]:
-        return {"prior": fit_prior(model, cache, log_dir)}
+        from faceedit.codemap import draw_if_recorded
+
+        record = {"prior": fit_prior(model, cache, log_dir)}
+        draw_if_recorded(log_dir, cache, self.map_attribute)  # figures/codemap.gif in the log
+        return record

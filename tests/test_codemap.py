@@ -45,3 +45,16 @@ def test_one_frame_per_epoch_on_one_fixed_projection(tmp_path):
 def test_no_records_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no codes_eNNN.npy"):
         load_codes(tmp_path)
+
+
+def test_training_a_recipe_draws_the_map_into_its_log(tmp_path):
+    from faceedit.objective import VAERecipe
+    from faceedit.recipe import train_bundle
+
+    cache = Cache.open(make_cache(tmp_path / "cache"))
+    train_bundle(cache, tmp_path / "vae", VAERecipe(TINY, "Male"), replace(FAST, epochs=2), tmp_path / "log")
+    assert Image.open(tmp_path / "log" / "figures" / "codemap.gif").n_frames == 3  # epochs 0, 1, 2
+    train_bundle(cache, tmp_path / "vae2", VAERecipe(TINY, ""), replace(FAST, epochs=1), tmp_path / "log2")
+    assert not (tmp_path / "log2" / "figures" / "codemap.gif").exists()
+    with pytest.raises(ValueError, match="unknown attribute"):
+        VAERecipe(TINY, "Smiles")
