@@ -69,6 +69,8 @@ class ClassifierAuditConfig:
                                     "target decision flips) changed the target and is left out"})
     batch_size: int = field(default=64, metadata={"help": "faces decoded and scored per batch"})
     seed: int = field(default=0, metadata={"help": "seed of the choice of faces"})
+    min_kept: int = field(default=20, metadata={"help": "rank only attributes with at least this "
+                          "many counterfactuals the judge kept (the others are listed apart)"})
     strips: int = field(default=3, metadata={"help": "strips of flipped counterfactuals for this many "
                         "of the top-ranked attributes"})
     strip_faces: int = field(default=4, metadata={"help": "faces per strip"})
@@ -406,11 +408,12 @@ def real_data(cache, classifier: Scores, target: str | None, split: str, batch: 
 
 
 def rank(sensitivities: Sequence[Sensitivity], method: str, strength: float, target: str | None,
-         real: RealData) -> tuple[RankEntry, ...]:
+         real: RealData, min_kept: int = 1) -> tuple[RankEntry, ...]:
     """Attributes by |kept change| at (method, strength), most sensitive first; the target and
-    attributes with no kept counterfactual are left out."""
+    attributes with fewer than min_kept kept counterfactuals are left out (a mean over a handful of
+    faces would rank by chance; the report lists them apart)."""
     pool = [s for s in sensitivities if s.method == method and s.strength == strength
-            and s.attribute != target and s.kept.n > 0]
+            and s.attribute != target and s.kept.n >= max(min_kept, 1)]
     pool.sort(key=lambda s: (-abs(s.kept.change), attribute_index(s.attribute)))
     out = []
     for i, s in enumerate(pool):
@@ -481,7 +484,8 @@ def run_classifier_audit(cache, model: LatentModel, bank: VectorSource, classifi
         config=config, classifier={}, output=output, target=target, judge_checks=judge is not None,
         judge_auc={} if judge_auc is None else {a: float(v) for a, v in zip(ATTRIBUTES, judge_auc)},
         judge_min_auc=min_auc if judge is not None else None, faces=int(len(table)),
-        sensitivities=tuple(sens), ranking=rank(sens, config.methods[0], config.headline, target, real),
+        sensitivities=tuple(sens), ranking=rank(sens, config.methods[0], config.headline, target, real,
+                                                        config.min_kept),
         own=own, reconstruction=rec, real=real, flips=tuple(flips))
 
 

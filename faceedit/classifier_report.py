@@ -46,8 +46,9 @@ def headlines(result: ClassifierAuditResult) -> list[str]:
     cfg, out = result.config, []
     name = f"P({result.output})"
     if not result.ranking:
-        return [f"No counterfactual was kept for any attribute at strength {cfg.headline:g}: the "
-                "judge saw none of the edits change what they should; nothing can be ranked."]
+        return [f"No attribute has {cfg.min_kept} counterfactuals the judge kept at strength "
+                f"{cfg.headline:g}: nothing can be ranked (see the counts below; more --faces, or a "
+                "stronger edit, may help)."]
     top = result.ranking[0].sensitivity
     out.append(
         f"The classifier's output {result.output!r} responds most to {top.attribute}: when a face "
@@ -308,6 +309,13 @@ def render_html(doc: dict[str, Any], result: ClassifierAuditResult, pngs: dict[s
         cells.append(_pm(e.real_error_gap, e.real_error_gap_se or math.nan, 3) if e.real_error_gap is not None else "")
         rows.append((cells, not s.checked))
     parts.append(_table(header, rows, 2))
+    ranked = {e.attribute for e in result.ranking}
+    unranked = [s for s in result.sensitivities if s.method == cfg.methods[0] and s.strength == cfg.headline
+                and s.attribute not in ranked and s.attribute != result.target]
+    if unranked:
+        parts.append(f"<p class='note'>Not ranked, fewer than {cfg.min_kept} counterfactuals kept: " + "; ".join(
+            f"{esc(s.attribute)} {s.kept.n} of {s.made} ({s.no_change} no change, {s.target_changed} "
+            f"changed the target)" for s in unranked) + ".</p>")
     if result.own is not None:
         o = result.own
         parts.append(f"<p class='note'>The audited attribute itself ({esc(o.attribute)}, not ranked): change "
