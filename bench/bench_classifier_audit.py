@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from faceedit.attributes import attribute_index
+from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.cache import Cache, to_float
 
 
@@ -122,7 +122,8 @@ def main() -> None:
     report: dict = {"per_side": args.per_side, "epochs": args.epochs, "faces": args.faces}
     for name, share in (("balanced", 0.5), ("biased", 0.9)):
         record = args.out / f"smile-{name}.json"
-        if (args.reuse or args.summary_only) and record.is_file() and (args.out / f"smile-{name}.pt2").is_file():
+        trained = record.is_file() and (args.out / f"smile-{name}.pt2").is_file()
+        if (args.reuse or args.summary_only) and trained:
             report[name] = json.loads(record.read_text())  # trained by an earlier run, same settings
             continue
         chosen = sample(cache.labels, rows, args.per_side, share, args.seed)
@@ -149,10 +150,21 @@ def main() -> None:
                                  device=args.device, progress=False)
         report[name]["audit_s"] = round(time.perf_counter() - start, 1)
         print(f"audited {name} in {report[name]['audit_s']} s", file=sys.stderr, flush=True)
+    from faceedit.audit import phi_matrix
+
+    phi = phi_matrix(cache.labels[rows])[:, attribute_index("Male")]  # (40,) with Male, train split
+    linked = [a for k, a in enumerate(ATTRIBUTES) if a != "Male" and abs(phi[k]) >= 0.4]
+    report["gender_linked"] = {a: round(float(phi[attribute_index(a)]), 2) for a in linked}
     for name in ("balanced", "biased"):
         doc_path = args.out / f"report-{name}" / "report.json"
         if doc_path.is_file():
-            report[name].update(summary(json.loads(doc_path.read_text())))
+            doc = json.loads(doc_path.read_text())
+            report[name].update(summary(doc))
+            ranks = {e["attribute"]: e for e in doc["ranking"]}
+            report[name]["gender_linked_ranks"] = {
+                a: [ranks[a]["rank"], round(ranks[a]["change"], 3), round(ranks[a]["change_se"], 3)]
+                if a in ranks else None for a in ["Male", *linked]}
+            report[name]["ranked"] = len(doc["ranking"])
     if all("male_change" in report[n] for n in ("balanced", "biased")):
         b, u = report["biased"], report["balanced"]
         report["male_difference_biased_minus_balanced"] = b["male_change"] - u["male_change"]
