@@ -245,6 +245,8 @@ def main() -> None:
                    "worktree add --detach /tmp/base 9c096b7`): its server is measured the same way, "
                    "alternately with this tree's, and the ratios are reported")
     p.add_argument("--rounds", type=int, default=1, help="alternations of baseline and this tree")
+    p.add_argument("--photo", type=Path, default=None, help="the photo each client uploads (default: "
+                   "the first of ../shared/data/real_faces, else a prior sample: no photo)")
     args = p.parse_args()
 
     tmp = None
@@ -258,7 +260,7 @@ def main() -> None:
         which = "untrained VAEConfig() (64 px, D=128) with a bank on random data (no real bundle found)"
     editor = Editor.load(bundle, bank, threads=args.threads[0])
     photos = sorted(PHOTOS.glob("*.jpg"))
-    photo = photos[0] if photos else None
+    photo = args.photo or (photos[0] if photos else None)
     z = editor.encode(photo).z if photo else editor.sample(0)[0]
     cfg = editor.model.config
     result = {
