@@ -31,6 +31,7 @@ from torch import nn
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.cache import Cache, to_float
+from faceedit.classifier_audit import ClassifierAuditConfig, audit_classifier_folders
 
 
 def smile_net(width: int = 16) -> nn.Module:
@@ -105,6 +106,8 @@ def main() -> None:
     p.add_argument("--faces", type=int, default=64, help="audited faces per attribute and side")
     p.add_argument("--strengths", type=float, nargs="+", default=[1.0, 2.0])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target-tolerance", type=float, default=ClassifierAuditConfig.target_tolerance,
+                   help="sd of the judge's Smiling logit a kept counterfactual may move (BENCHMARKS.md)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--only", nargs="+", choices=("balanced", "biased"), default=None,
                    help="audit only these classifiers (the summary reads every report present)")
@@ -113,8 +116,6 @@ def main() -> None:
     p.add_argument("--reuse", action="store_true", help="keep classifiers an earlier run trained "
                    "(smile-*.pt2 and smile-*.json in --out) instead of training them again")
     args = p.parse_args()
-
-    from faceedit.classifier_audit import ClassifierAuditConfig, audit_classifier_folders
 
     cache = Cache.open(args.base / "cache")
     rows = cache.indices("train")
@@ -143,7 +144,8 @@ def main() -> None:
             break
         path = args.out / f"smile-{name}.pt2"
         config = ClassifierAuditConfig(methods=("balanced", "naive"), strengths=tuple(args.strengths),
-                                       headline=max(args.strengths), faces=args.faces, target="Smiling")
+                                       headline=max(args.strengths), faces=args.faces, target="Smiling",
+                                       target_tolerance=args.target_tolerance)
         start = time.perf_counter()
         audit_classifier_folders(path, "0", args.base / "bundle", args.base / "bank", args.base / "cache",
                                  args.out / f"report-{name}", [args.base / "judge"], config,

@@ -55,7 +55,7 @@ class ClassifierAuditConfig:
                                          "strengths s > 0 in units of the vector's length: faces "
                                          "without the attribute get +s, faces with it -s"})
     headline: float = field(default=2.0, metadata={"help": "the strength the ranking uses"})
-    faces: int = field(default=50, metadata={"help": "held-out faces per attribute and side"})
+    faces: int = field(default=64, metadata={"help": "held-out faces per attribute and side"})
     split: str = field(default="val", metadata={"help": "cache split of the faces (edited and, for "
                        "the real-data error rates, scored as they are)"})
     groups: tuple[str, ...] = field(default=("Male", "Young"), metadata={"help": "attributes whose "
@@ -64,9 +64,10 @@ class ClassifierAuditConfig:
                         "decides (e.g. Smiling for a smile detector): counterfactuals the judge sees "
                         "change it are left out, and the real-data error rates use its labels (empty: "
                         "the output's name when it is an attribute, else none)"})
-    target_tolerance: float = field(default=0.5, metadata={"help": "a counterfactual whose judged "
+    target_tolerance: float = field(default=0.25, metadata={"help": "a counterfactual whose judged "
                                     "target logit moves by more than this many sd (or whose judged "
-                                    "target decision flips) changed the target and is left out"})
+                                    "target decision flips) changed the target and is left out "
+                                    "(BENCHMARKS.md, Classifier audit: why not 0.5)"})
     batch_size: int = field(default=64, metadata={"help": "faces decoded and scored per batch"})
     seed: int = field(default=0, metadata={"help": "seed of the choice of faces"})
     min_kept: int = field(default=20, metadata={"help": "rank only attributes with at least this "
