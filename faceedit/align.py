@@ -393,42 +393,55 @@ class AlignReport:
 
 
 def align_files(photos: Sequence[str], out_dir: str, face: int | None = None,
-                detector: Detector | None = None, quality: int = 95) -> AlignReport:
+                detector: Detector | None = None, quality: int = 95, overwrite: bool = False) -> AlignReport:
     """Align each photo and write OUT/<stem>.jpg (178x218, CelebA layout) and OUT/align.json.
 
-    A photo without a usable face is reported, not fatal. Two photos with the same stem are refused
-    before anything is written. Files are written under a temporary name and renamed.
+    A photo without a usable face is reported, not fatal. Two photos with the same stem, a photo
+    that would be written over itself, and (unless `overwrite`) a file of a name it would write that
+    faceedit did not write there (files.OutputExists) are refused before anything is written. Other
+    files in OUT are left alone. Files are written under a temporary name and renamed, and recorded
+    in OUT's `.faceedit` marker, so a rerun into the same folder may replace them.
     """
     import io
     from pathlib import Path
 
-    from faceedit.files import atomic_write_bytes, atomic_write_json
+    from faceedit.files import atomic_write_bytes, atomic_write_json, check_files_writable, record_written
     from faceedit.images import load_image
 
+    out = Path(out_dir)
     stems: dict[str, str] = {}
     for p in photos:
         name = Path(p).stem + ".jpg"
         if name in stems:
             raise ValueError(f"{p} and {stems[name]} would both be written as {name}: rename one")
+        if (out / name).resolve() == Path(p).resolve():
+            raise ValueError(f"{p}: its aligned face would be written over it ({out / name}): choose another --out")
         stems[name] = str(p)
+    if not overwrite:
+        check_files_writable(out, [*stems, "align.json"])
     detector = detector or default_detector()
     canonical = canonical_landmarks()
-    out = Path(out_dir)
-    aligned, failed = {}, {}
-    for name, src in stems.items():
-        try:
-            photo = np.asarray(load_image(src))
-            result = align_photo(photo, face, detector, canonical)
-        except ValueError as e:  # ImageError and AlignError name the reason
-            failed[src] = str(e) if src in str(e) else f"{src}: {e}"
-            continue
-        from PIL import Image
+    aligned, failed, written = {}, {}, []
+    try:
+        for name, src in stems.items():
+            try:
+                photo = np.asarray(load_image(src))
+                result = align_photo(photo, face, detector, canonical)
+            except ValueError as e:  # ImageError and AlignError name the reason
+                failed[src] = str(e) if src in str(e) else f"{src}: {e}"
+                continue
+            from PIL import Image
 
-        buf = io.BytesIO()
-        Image.fromarray(result.image).save(buf, format="JPEG", quality=quality)
-        atomic_write_bytes(out / name, buf.getvalue())
-        aligned[name] = {"source": src, **result.to_json()}
-    atomic_write_json(out / "align.json", {
-        "frame": list(FRAME), "landmark_order": list(LANDMARKS),
-        "canonical": canonical.round(3).tolist(), "photos": aligned, "failed": failed})
+            buf = io.BytesIO()
+            Image.fromarray(result.image).save(buf, format="JPEG", quality=quality)
+            atomic_write_bytes(out / name, buf.getvalue())
+            aligned[name] = {"source": src, **result.to_json()}
+            written.append(name)
+        atomic_write_json(out / "align.json", {
+            "frame": list(FRAME), "landmark_order": list(LANDMARKS),
+            "canonical": canonical.round(3).tolist(), "photos": aligned, "failed": failed})
+        written.append("align.json")
+    finally:  # what was written is faceedit's, even when interrupted
+        if written:
+            record_written(out, written)
     return AlignReport(aligned, failed)

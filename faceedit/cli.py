@@ -305,12 +305,16 @@ def _add_align(p: argparse.ArgumentParser) -> None:
                    "CelebA's img_align_celeba) and align.json (boxes, landmarks, transforms, scores)")
     p.add_argument("--face", type=int, default=None, help="which face when a photo has several: 0 = the "
                    "largest (default), 1 the next, ...")
+    p.add_argument("--overwrite", action="store_true", help="replace files in --out with the names it "
+                   "writes even when faceedit did not write them (default: refuse, naming them; other "
+                   "files there are never touched)")
 
 
 def _run_align(args: argparse.Namespace) -> int:
     from faceedit.align import align_files
 
-    report = align_files([str(p) for p in args.photos], str(args.out), face=args.face)
+    report = align_files([str(p) for p in args.photos], str(args.out), face=args.face,
+                          overwrite=args.overwrite)
     for message in report.failed.values():
         print(f"faceedit align: skipped {message}", file=sys.stderr)
     several = sum(1 for r in report.aligned.values() if r["faces_found"] > 1)

@@ -71,12 +71,8 @@ def foreign_entries(path: str | Path) -> list[str]:
     if path.is_symlink() or not path.is_dir():
         return [path.name]
     names = sorted(os.listdir(path))
-    marker = path / MARKER
-    if marker.is_file():
-        try:
-            listed = set(json.loads(marker.read_text()).get("entries", []))
-        except (ValueError, AttributeError, OSError):
-            listed = set()
+    if (path / MARKER).is_file():
+        listed = _marked(path)
         return [n for n in names if n not in listed and n not in (MARKER, ".stage.json")]
     if names and not any(_legacy_manifest(path / n) for n in names if n in LEGACY_MANIFESTS):
         return names
@@ -112,6 +108,38 @@ def claim_dir(path: str | Path) -> None:
 
 def _write_marker(folder: Path, entries: list[str]) -> None:
     (folder / MARKER).write_text(json.dumps({"written_by": "faceedit", "entries": entries}) + "\n")
+
+
+def _marked(folder: Path) -> set[str]:
+    try:
+        return set(json.loads((folder / MARKER).read_text()).get("entries", []))
+    except (ValueError, AttributeError, OSError):
+        return set()
+
+
+def check_files_writable(folder: str | Path, names: list[str], what: str = "--out") -> None:
+    """For a command that adds files to a folder (not replacing it): refuse, before any work, when
+    any of `names` exists in `folder` and faceedit's marker there does not list it (a user's file).
+
+    OutputExists names the folder and up to five of those files, and says what to do."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputExists(f"{what} {folder}: is a file, expected a folder")
+    ours = _marked(folder)
+    theirs = [n for n in names if n not in ours and ((folder / n).exists() or (folder / n).is_symlink())]
+    if theirs:
+        shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+        raise OutputExists(
+            f"{what} {folder}: holds files faceedit did not write with the names it would write ({shown}); "
+            "writing there would replace them. Choose another folder, rename them, or pass --overwrite "
+            "to replace them (other files in the folder are left alone)")
+
+
+def record_written(folder: str | Path, names: list[str]) -> None:
+    """Add `names` to `folder`'s marker: files faceedit wrote there, so a later run may replace them."""
+    folder = Path(folder)
+    entries = sorted(_marked(folder) | set(names))
+    atomic_write_text(folder / MARKER, json.dumps({"written_by": "faceedit", "entries": entries}) + "\n")
 
 
 def clean_stale(path: Path) -> list[Path]:

@@ -254,7 +254,7 @@ def test_align_cli_writes_celeba_layout_and_reports_bad_photos(real_faces, real_
     assert _psnr(_crop(a), _crop(r)) > 25  # EXIF rotation applied before detection: the same face
     colour, grey = (np.array(list(report["photos"][n]["landmarks"].values())) for n in (f"{good.stem}.jpg", "grey.jpg"))
     assert np.abs(colour - grey).mean() < 2  # greyscale: found and aligned like the colour photo
-    assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))
+    assert not list(out.glob("*.tmp")) and [p.name for p in out.glob(".*")] == [".faceedit"]
 
 
 def test_several_faces_largest_by_default_others_selectable(real_celeba, tmp_path):
@@ -269,3 +269,60 @@ def test_several_faces_largest_by_default_others_selectable(real_celeba, tmp_pat
     assert 480 < second.face.box[0]  # then the 160 px one
     with pytest.raises(AlignError, match=r"face 3: the photo has 3 face\(s\), numbered 0..2"):
         align_photo(photo, face=3)
+
+
+def _rendered_photo(path: Path, i: int) -> Path:
+    """A rendered face, enlarged, on a plain background: a photo the detector finds a face in."""
+    from faceedit.synth import render_face, sample_labels
+
+    face = render_face(sample_labels(8, 0)[i], i).convert("RGB").resize((267, 327))
+    canvas = Image.new("RGB", (400, 420), (120, 130, 120))
+    canvas.paste(face, (60, 40))
+    return _save(canvas, path, quality=95)
+
+
+def test_align_never_overwrites_a_users_file_and_reruns_into_its_own_folder(tmp_path, capsys):
+    photos = [_rendered_photo(tmp_path / f"p{i}.png", i) for i in (1, 2)]
+    out = tmp_path / "out"
+    out.mkdir()
+    mine, notes = out / "p1.jpg", out / "notes.txt"
+    mine.write_bytes(b"the user's own picture")
+    notes.write_text("keep me")
+    args = ["align", "--out", str(out), *map(str, photos)]
+    assert cli(args) == 2
+    err = capsys.readouterr().err
+    assert "p1.jpg" in err and "did not write" in err and "--overwrite" in err and "notes.txt" not in err
+    assert mine.read_bytes() == b"the user's own picture" and sorted(p.name for p in out.iterdir()) == [
+        "notes.txt", "p1.jpg"]  # refused before any work: nothing written
+
+    (out / "align.json").write_text("{}")  # a user's align.json is named too
+    mine.unlink()
+    assert cli(args) == 2 and "align.json" in capsys.readouterr().err
+    (out / "align.json").unlink()
+
+    assert cli(args) == 0  # no clash: written beside the user's notes, which stay
+    first = {n: (out / n).read_bytes() for n in ("p1.jpg", "p2.jpg", "align.json")}
+    assert Image.open(out / "p1.jpg").size == (178, 218) and notes.read_text() == "keep me"
+    assert cli(args) == 0  # a rerun into its own folder replaces only its own files
+    assert {n: (out / n).read_bytes() for n in first} == first and notes.read_text() == "keep me"
+    assert not list(out.glob(".*.tmp"))
+    assert json.loads((out / "align.json").read_text())["photos"].keys() == {"p1.jpg", "p2.jpg"}
+
+
+def test_align_overwrite_replaces_only_the_clashing_files(tmp_path):
+    photo = _rendered_photo(tmp_path / "p1.png", 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p1.jpg").write_bytes(b"old")
+    (out / "notes.txt").write_text("keep me")
+    assert cli(["align", "--overwrite", "--out", str(out), str(photo)]) == 0
+    assert Image.open(out / "p1.jpg").size == (178, 218) and (out / "notes.txt").read_text() == "keep me"
+    assert cli(["align", "--out", str(out), str(photo)]) == 0  # recorded as faceedit's now
+
+
+def test_align_refuses_to_write_a_photo_over_itself(tmp_path):
+    photo = _rendered_photo(tmp_path / "p1.jpg", 1)
+    before = photo.read_bytes()
+    with pytest.raises(ValueError, match="would be written over it"):
+        align_files([str(photo)], str(tmp_path), overwrite=True)
+    assert photo.read_bytes() == before
