@@ -326,3 +326,15 @@ def test_align_refuses_to_write_a_photo_over_itself(tmp_path):
     with pytest.raises(ValueError, match="would be written over it"):
         align_files([str(photo)], str(tmp_path), overwrite=True)
     assert photo.read_bytes() == before
+
+
+def test_the_screenshots_rendered_photo_is_a_tilted_off_centre_face_the_detector_finds(tmp_path):
+    from ui.screenshot import rendered_photo
+
+    photo = np.asarray(Image.open(rendered_photo(tmp_path / "r.jpg")))
+    got = align_photo(photo)
+    m = got.matrix
+    turn = math.degrees(math.atan2(m[1, 0], m[0, 0]))  # photo -> frame: undoes the 14 degree turn
+    assert len(got.faces) == 1 and abs(turn + 14) < 4
+    cx = got.face.box[0] + got.face.box[2] / 2
+    assert cx > photo.shape[1] * 0.55  # off-centre (the page shows the whole photo, the edit pasted in)
