@@ -725,6 +725,7 @@ class AuditInputs:
     judge: Any  # faceedit.judge.LoadedJudge (one judge or a committee)
     bank: Any  # the VAE's AttributeBank
     record: dict[str, str]  # input names and hashes for report.json
+    codemap: Any = None  # faceedit.codemap.MapFigure: the VAE's map of the codes, when its log has one
 
 
 def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], config: AuditConfig, *,
@@ -738,6 +739,7 @@ def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], 
     from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
     from faceedit.cache import Cache
+    from faceedit.codemap import read_bundle_map
     from faceedit.files import sha256_file
     from faceedit.judge import load_committee
 
@@ -774,7 +776,7 @@ def load_inputs(bundle: str, bank: str, cache: str, judge: str | Sequence[str], 
     elif config.pca:
         latents["pca"] = pca_latent(c, bk, D, config.seed, progress)
         record["pca"] = f"fitted on the {c.root.name} train split, D={D}, seed {config.seed}"
-    return AuditInputs(c, latents, jd, bk, record)
+    return AuditInputs(c, latents, jd, bk, record, read_bundle_map(vae.meta))
 
 
 def compute(inputs: AuditInputs, config: AuditConfig,
@@ -820,5 +822,5 @@ def audit_folders(bundle: str, bank: str, cache: str, judge: str | Sequence[str]
     start = time.perf_counter()
     result, strips = compute(inputs, config, execution)
     seconds = time.perf_counter() - start
-    write_report(out, result, inputs.record, strips)
+    write_report(out, result, inputs.record, strips, codemap=inputs.codemap)
     return AuditRun(result, seconds, result.edited_images / max(seconds, 1e-9))

@@ -15,6 +15,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -133,3 +134,32 @@ def draw_if_recorded(log_dir: str | Path | None, cache, attribute: str) -> CodeM
     if log_dir is None or not attribute or not any((Path(log_dir) / "records").glob("codes_e*.npy")):
         return None
     return write_map_for_cache(log_dir, cache, attribute)
+
+
+def bundle_record(codemap: CodeMap | None) -> dict[str, Any]:
+    """What a bundle's config.json keeps of its training run's map ({} when none was drawn), so the
+    audit report can show the map of the model it audits."""
+    if codemap is None:
+        return {}
+    return {"codemap": {"gif": str(codemap.gif), "final": str(codemap.final),
+                        "attribute": codemap.attribute, "epochs": len(codemap.epochs),
+                        "faces": codemap.faces}}
+
+
+@dataclass(frozen=True)
+class MapFigure:
+    """A bundle's map of the codes, read back for a report."""
+    gif: bytes
+    attribute: str
+    epochs: int  # frames: the codes before training, then after each epoch
+    faces: int
+
+
+def read_bundle_map(meta: dict[str, Any]) -> MapFigure | None:
+    """The map a bundle's config.json points to, or None when it records none or the training log
+    that holds it is gone (a copied or shipped bundle)."""
+    entry = meta.get("codemap")
+    if not isinstance(entry, dict) or not Path(str(entry.get("gif", ""))).is_file():
+        return None
+    return MapFigure(Path(entry["gif"]).read_bytes(), str(entry.get("attribute", "")),
+                     int(entry.get("epochs", 0)), int(entry.get("faces", 0)))

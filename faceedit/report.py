@@ -23,6 +23,7 @@ import numpy as np
 
 from faceedit.attributes import ATTRIBUTES, attribute_index
 from faceedit.audit import AuditResult, EditStats
+from faceedit.codemap import MapFigure
 from faceedit.config import config_to_dict
 from faceedit.files import atomic_dir
 from faceedit.opening import CSS as OPENING_CSS
@@ -400,8 +401,9 @@ def figures(result: AuditResult) -> dict[str, bytes]:
 # ---------------------------------------------------------------------------- writing
 
 def write_report(out: str | Path, result: AuditResult, inputs: dict[str, Any],
-                 strips: dict[str, bytes] | None = None) -> Path:
-    """Write the whole report folder at `out` (atomically) and return it."""
+                 strips: dict[str, bytes] | None = None, codemap: MapFigure | None = None) -> Path:
+    """Write the whole report folder at `out` (atomically) and return it. `codemap`: the audited
+    VAE's map of the codes during training (faceedit.codemap), shown and kept as codemap.gif."""
     strips = strips or {}
     doc = report_document(result, inputs)
     pngs = figures(result)
@@ -417,7 +419,9 @@ def write_report(out: str | Path, result: AuditResult, inputs: dict[str, Any],
         (tmp / "leakage.csv").write_text(leakage_csv(result))
         for name, data in pngs.items():
             (tmp / name).write_bytes(data)
-        (tmp / "report.html").write_text(render_html(result, inputs, pngs, list(strips)))
+        if codemap is not None:
+            (tmp / "codemap.gif").write_bytes(codemap.gif)
+        (tmp / "report.html").write_text(render_html(result, inputs, pngs, list(strips), codemap))
     return out
 
 
@@ -472,7 +476,7 @@ KEY_FIGURE_CAPTION = ("For the attributes whose naive vectors change another att
 
 
 def render_html(result: AuditResult, inputs: dict[str, Any], pngs: dict[str, bytes],
-                strips: Sequence[str]) -> str:
+                strips: Sequence[str], codemap: MapFigure | None = None) -> str:
     """The self-contained page (every image inlined as base64): the audit's numbers as report.json
     rounds them, its figures and strips."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>faceedit audit</title>"
@@ -500,11 +504,25 @@ def render_html(result: AuditResult, inputs: dict[str, Any], pngs: dict[str, byt
                      "per method (White 2016, Figure 7).</p>")
         for attr in strips:
             parts.append(f"<h3>{esc(attr)}</h3>" + _img(pngs, f"strip_{attr}.png", attr))
+    if codemap is not None:
+        parts.append(_codemap_html(codemap))
     parts.append(_judge_html(result))
     parts.append(_bias_html(result, pngs))
     parts.append("<h2>Settings and inputs</h2>" + _summary_html(result, inputs))
     parts.append("</body></html>\n")
     return "".join(parts)
+
+
+def _codemap_html(codemap: MapFigure) -> str:
+    """The audited VAE's codes of fixed val faces, one frame per epoch of its training."""
+    src = "data:image/gif;base64," + base64.b64encode(codemap.gif).decode("ascii")
+    return (f"<h2>The map of the codes during training</h2><p class='note'>mu of {codemap.faces} "
+            f"fixed val faces in {codemap.epochs} frames of the audited VAE's training (the first before "
+            f"it, then one per epoch), on "
+            f"one 2-D projection (the last epoch's principal axes), coloured by "
+            f"{esc(codemap.attribute)}; the grey circle is radius 2 of the prior N(0, I). The codes "
+            f"pack towards the prior as the KL term works (also codemap.gif beside this page).</p>"
+            f'<p><img alt="map of the codes" src="{src}"></p>')
 
 
 def _summary_html(result: AuditResult, inputs: dict[str, Any]) -> str:

@@ -58,3 +58,39 @@ def test_training_a_recipe_draws_the_map_into_its_log(tmp_path):
     assert not (tmp_path / "log2" / "figures" / "codemap.gif").exists()
     with pytest.raises(ValueError, match="unknown attribute"):
         VAERecipe(TINY, "Smiles")
+
+
+def test_the_bundle_points_to_its_map_and_the_audit_report_shows_it(tmp_path):
+    import base64
+    import json
+
+    from faceedit.bundle import load_bundle
+    from faceedit.codemap import read_bundle_map
+    from faceedit.objective import VAERecipe
+    from faceedit.recipe import train_bundle
+    from faceedit.report import render_html
+    from test_audit import audit, write_world  # the audit's constructed world
+
+    cache = Cache.open(make_cache(tmp_path / "cache"))
+    train_bundle(cache, tmp_path / "vae", VAERecipe(TINY, "Male"), replace(FAST, epochs=2), tmp_path / "log")
+    meta = load_bundle(tmp_path / "vae").meta
+    assert meta["codemap"]["attribute"] == "Male" and meta["codemap"]["epochs"] == 3
+    figure = read_bundle_map(meta)
+    assert figure is not None
+    assert figure.gif == (tmp_path / "log" / "figures" / "codemap.gif").read_bytes()
+    # a bundle whose log is gone (copied, shipped) has no map, and a run without one records none
+    (tmp_path / "log" / "figures" / "codemap.gif").unlink()
+    assert read_bundle_map(meta) is None
+    train_bundle(cache, tmp_path / "vae2", VAERecipe(TINY, ""), replace(FAST, epochs=1), tmp_path / "log2")
+    assert "codemap" not in json.loads((tmp_path / "vae2" / "config.json").read_text())
+
+    from faceedit.codemap import MapFigure
+    from faceedit.report import write_report
+    result = audit(write_world(tmp_path / "world" / "cache"))
+    shown = MapFigure(figure.gif, "Male", 3, 10)
+    out = write_report(tmp_path / "r", result, {"test": "constructed"}, codemap=shown)
+    page = (out / "report.html").read_text()
+    assert "The map of the codes during training" in page
+    assert base64.b64encode(figure.gif).decode("ascii") in page
+    assert (out / "codemap.gif").read_bytes() == figure.gif
+    assert "map of the codes" not in render_html(result, {"test": "constructed"}, {}, [])
