@@ -266,7 +266,9 @@ def encode_and_reconstruct(model: LatentModel, judge: Scorer, x_of: Callable[[np
 # ---------------------------------------------------------------------------- the numbers
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    from scipy.special import expit  # no overflow for large |x|
+
+    return expit(x)
 
 
 @dataclass(frozen=True)

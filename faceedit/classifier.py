@@ -375,8 +375,9 @@ def decision(logits: np.ndarray) -> np.ndarray:
 
 def probability(logits: np.ndarray) -> np.ndarray:
     """sigmoid, computed without overflow."""
-    x = np.asarray(logits, np.float64)
-    return np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x))))
+    from scipy.special import expit
+
+    return expit(np.asarray(logits, np.float64))
 
 
 __all__ = ["FORMATS", "Classifier", "ClassifierError", "ClassifierSpec", "Output", "decision",

@@ -21,7 +21,8 @@ from faceedit.classifier_audit import ClassifierAuditResult, Effect, RankEntry, 
 from faceedit.files import atomic_dir
 from faceedit.opening import CSS as OPENING_CSS
 from faceedit.opening import opening_html
-from faceedit.report import CSS, _f, _jsonable, _num, _png, _pyplot, _table, data_uri, esc
+from faceedit.opening import data_uri
+from faceedit.report import CSS, _f, _jsonable, _num, _png, _pyplot, _table, esc
 
 HEADLINE_ATTRIBUTES = 12  # bars in the key figure
 

@@ -229,7 +229,7 @@ def _add_edit(p: argparse.ArgumentParser) -> None:
                    "photo's centre as it is (only right for photos already aligned like CelebA's)")
     p.add_argument("--face", type=int, default=None, help="which face when the photo has several: "
                    "0 = the largest (default), 1 the next, ...")
-    p.add_argument("--pasted", type=Path, default=None, metavar="PNG", help="also write the photo "
+    p.add_argument("--pasted", type=Path, default=None, metavar="IMAGE", help="also write the photo "
                    "with the edit pasted back at its own resolution (with --set)")
     p.add_argument("--paste-mode", choices=("change", "face"), default="change", help="change: add "
                    "the edit's change to the photo, keeping its detail; face: blend in the decoded face "
@@ -253,7 +253,7 @@ def _add_edit(p: argparse.ArgumentParser) -> None:
                    help="columns of the strip (default: -2 -1 0 1 2)")
     p.add_argument("--scale", type=int, default=2, help="enlarge faces this many times, "
                    "nearest-neighbour (default: 2)")
-    p.add_argument("--out", type=Path, required=True, help="PNG to write")
+    p.add_argument("--out", type=Path, required=True, help="image to write (.png, .jpg or .webp)")
     p.add_argument("--allow-bank-mismatch", action="store_true", help="use a bank built from another "
                    "model than --bundle (default: refuse)")
 
@@ -263,7 +263,9 @@ def _run_edit(args: argparse.Namespace) -> int:
 
     from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
-    from faceedit.edit import edit, image_grid, parse_strengths, png_bytes, strip, to_pil
+    from PIL import Image
+
+    from faceedit.edit import edit, image_bytes, image_format, image_grid, parse_strengths, strip
     from faceedit.files import atomic_write_bytes
 
     if (args.strip is None) == (not args.sets):
@@ -277,6 +279,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     check_built_from(bank, model, bundle.path, allow=args.allow_bank_mismatch)
     if args.pasted is not None and (args.image is None or args.centre_crop or args.strip is not None):
         raise ValueError("--pasted needs a photo (IMAGE) aligned (no --centre-crop) and --set edits")
+    formats = {path: image_format(path) for path in (args.out, args.pasted) if path is not None}
     x, placement = _edit_faces(args, model.config.image_size)  # (F, 3, S, S) float in [0, 1]
     with torch.no_grad():
         z = model.encode(x)[0]  # (F, D)
@@ -286,7 +289,7 @@ def _run_edit(args: argparse.Namespace) -> int:
             recon, edited = model.decode(z), model.decode(edit(z, strengths, bank, args.method))
             img = image_grid([[x[f], recon[f], edited[f]] for f in range(len(x))],
                              col_labels=["original", "reconstruction", "edit"], scale=args.scale)
-    atomic_write_bytes(args.out, png_bytes(img))
+    atomic_write_bytes(args.out, image_bytes(img, formats[args.out]))
     print(f"wrote {args.out}")
     if args.pasted is not None:
         from faceedit.align import paste_back
@@ -294,7 +297,7 @@ def _run_edit(args: argparse.Namespace) -> int:
 
         photo, alignment = placement
         pasted = paste_back(photo, alignment.matrix, to_image(edited[0]), to_image(recon[0]), args.paste_mode)
-        atomic_write_bytes(args.pasted, png_bytes(to_pil(pasted.transpose(2, 0, 1))))
+        atomic_write_bytes(args.pasted, image_bytes(Image.fromarray(pasted), formats[args.pasted]))
         print(f"wrote {args.pasted} ({photo.shape[1]}x{photo.shape[0]}, the edit pasted back)")
     return 0
 

@@ -10,6 +10,7 @@ two codes dips inside it, while the great-circle path keeps the norm.
 from __future__ import annotations
 
 import io
+from pathlib import Path
 import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
@@ -116,8 +117,22 @@ def to_pil(x: torch.Tensor | np.ndarray) -> Image.Image:
 
 
 def png_bytes(img: Image.Image) -> bytes:
+    return image_bytes(img, "PNG")
+
+
+def image_format(path: str | Path) -> str:
+    """The image format a file name asks for (.png, .jpg, .webp, ...; PNG where it names none)."""
+    suffix = Path(path).suffix.lower()
+    fmt = Image.registered_extensions().get(suffix) if suffix else "PNG"
+    if fmt not in ("PNG", "JPEG", "WEBP", "TIFF", "BMP"):
+        raise ValueError(f"{path}: cannot write a {suffix!r} image; name it .png, .jpg or .webp")
+    return fmt
+
+
+def image_bytes(img: Image.Image, fmt: str) -> bytes:
+    """img encoded as `fmt` (see image_format); JPEG at quality 95."""
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format=fmt, **({"quality": 95} if fmt == "JPEG" else {}))
     return buf.getvalue()
 
 

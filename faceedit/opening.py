@@ -20,15 +20,15 @@ CSS = (".headline{font-size:15px;line-height:1.45;background:#f7f7f2;border:1px 
 KEY_ATTRIBUTES = 12  # bars in the edit audit's key figure
 
 
-def _data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+def data_uri(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
 def opening_html(title: str, sentences: list[str], figure_png: bytes | None, caption: str) -> str:
     """A title, the findings as a list of sentences, the key figure with its caption."""
     esc = html.escape
     items = "".join(f"<li>{esc(s)}</li>" for s in sentences)
-    fig = (f'<p><img alt="{esc(caption)}" src="{_data_uri(figure_png)}"></p><p class="note">{esc(caption)}</p>'
+    fig = (f'<p><img alt="{esc(caption)}" src="{data_uri(figure_png)}"></p><p class="note">{esc(caption)}</p>'
            if figure_png else "")
     return f"<h1>{esc(title)}</h1><ul class='headline'>{items}</ul>{fig}"
 

@@ -9,7 +9,6 @@ its threshold) are kept in the json and csv with a flag, and greyed out in the h
 
 from __future__ import annotations
 
-import base64
 import csv
 import dataclasses
 import html
@@ -27,7 +26,7 @@ from faceedit.codemap import MapFigure
 from faceedit.config import config_to_dict
 from faceedit.files import atomic_dir
 from faceedit.opening import CSS as OPENING_CSS
-from faceedit.opening import edit_audit_headlines, edit_audit_key_figure, opening_html
+from faceedit.opening import data_uri, edit_audit_headlines, edit_audit_key_figure, opening_html
 
 
 # ---------------------------------------------------------------------------- json
@@ -425,10 +424,6 @@ def write_report(out: str | Path, result: AuditResult, inputs: dict[str, Any],
     return out
 
 
-def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-
-
 def esc(x: Any) -> str:
     return html.escape(str(x))
 
@@ -515,7 +510,7 @@ def render_html(result: AuditResult, inputs: dict[str, Any], pngs: dict[str, byt
 
 def _codemap_html(codemap: MapFigure) -> str:
     """The audited VAE's codes of fixed val faces, one frame per epoch of its training."""
-    src = "data:image/gif;base64," + base64.b64encode(codemap.gif).decode("ascii")
+    src = data_uri(codemap.gif, "image/gif")
     return (f"<h2>The map of the codes during training</h2><p class='note'>mu of {codemap.faces} "
             f"fixed val faces in {codemap.epochs} frames of the audited VAE's training (the first before "
             f"it, then one per epoch), on "

@@ -111,6 +111,16 @@ def test_edit_command_aligns_and_pastes_back(made, real_faces, tmp_path, capsys)
     err = capsys.readouterr().err
     assert rc == 2 and "photo.png: no face found in the 40x50 photo" in err and "--centre-crop" in err
     assert not (tmp_path / "none.png").exists()
+    # the files are written in the format their names ask for; a name no image format has is refused
+    jpg = tmp_path / "pasted.jpg"
+    assert main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(photo),
+                 "--set", "Smiling=2", "--out", str(tmp_path / "grid.webp"), "--pasted", str(jpg)]) == 0
+    assert Image.open(jpg).format == "JPEG" and Image.open(jpg).size == Image.open(photo).size
+    assert Image.open(tmp_path / "grid.webp").format == "WEBP"
+    rc = main(["edit", "--bundle", str(made / "bundle"), "--bank", str(made / "bank"), str(photo),
+               "--set", "Smiling=2", "--out", str(tmp_path / "grid.txt")])
+    assert rc == 2 and "grid.txt: cannot write a '.txt' image" in capsys.readouterr().err
+    assert not (tmp_path / "grid.txt").exists()
 
 
 def test_parse_strengths():
