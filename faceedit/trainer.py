@@ -9,7 +9,8 @@ with the step number on a non-finite loss, random horizontal flips, batches fed 
 (TrainConfig.keep), a progress bar, a JSON-lines metrics log and PNG figures.
 
 Nothing in a step waits for the device: the loss terms stay on it and are read back every
-`check_every` steps (every step on the CPU), where a non-finite loss stops the run naming its step.
+`check_every` steps (every step on the CPU), where a non-finite loss stops the run naming its step
+and, distributed with a time budget, where the ranks agree on the time.
 
 Seams for distributed training (workers/train.py wraps `fit` in Ray Train; Ray is imported there,
 never here):
@@ -315,6 +316,8 @@ class _Loop:
         self.select = getattr(objective, "select", ("total", "min"))
         self.step = self.epoch = self.epoch_step = 0
         self.elapsed_before = 0.0
+        self.shared_clock = (config.max_minutes > 0 and world_size > 1 and torch.distributed.is_available()
+                             and torch.distributed.is_initialized())
         self.history: list[dict[str, float]] = []
         self.best: dict[str, Any] | None = None  # {"model": state dict, "metrics": ...} of keep="best"
         if resume is not None:
@@ -348,17 +351,30 @@ class _Loop:
         else:  # the checkpoint holds rank 0's streams; other ranks get their own, still seeded
             torch.manual_seed(hash((self.config.seed, self.rank, self.step)) % 2**62)
 
+    def _clock(self) -> float:
+        return self.elapsed_before + (time.perf_counter() - self.start)
+
     def elapsed(self) -> float:
-        seconds = self.elapsed_before + (time.perf_counter() - self.start)
-        if self.config.max_minutes > 0 and self.world_size > 1 and torch.distributed.is_initialized():
-            # Distributed ranks must agree on the time budget: else one stops while another waits
-            # for it in the next collective (a hang), and their time-based LRs drift apart.
-            # Rank 0's clock decides; every rank calls elapsed() at the same points of the loop.
-            nccl = torch.distributed.get_backend() == "nccl"
-            t = torch.tensor([seconds], dtype=torch.float64, device=self.device if nccl else "cpu")
-            torch.distributed.broadcast(t, src=0)
-            seconds = float(t)
-        return seconds
+        """Seconds of training so far (resumed runs included). Distributed with a time budget: rank
+        0's clock as of the ranks' last agreement (`_agree_on_time`), so that they stop at the same
+        step (else one waits for the other in the next collective: a hang) and their time-based
+        learning rates stay equal."""
+        return self._agreed if self.shared_clock else self._clock()
+
+    def _agree_on_time(self) -> None:
+        """Every rank takes rank 0's clock. A broadcast waits for the device, so the loop calls this
+        only where it waits anyway: every check_every steps (the loss read-back) and at reports."""
+        if self.shared_clock:
+            self._agreed = self._rank0_value(self._clock())
+
+    def _rank0_value(self, value: float) -> float:
+        """Rank 0's `value` on every rank (a broadcast; `value` itself when not distributed)."""
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return value
+        nccl = torch.distributed.get_backend() == "nccl"
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if nccl else "cpu")
+        torch.distributed.broadcast(t, src=0)
+        return float(t)
 
     def out_of_time(self) -> bool:
         return self.config.max_minutes > 0 and self.elapsed() >= 60 * self.config.max_minutes
@@ -371,12 +387,13 @@ class _Loop:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> TrainResult:
-        self.start = time.perf_counter()
         self._reset_window()
         bar = self._bar()
         if self.step == 0:
             self._log(self._evaluate({"epoch": 0, "step": 0}))
             self._reset_window()  # the throughput of training steps only
+        self.start = time.perf_counter()  # the budget is for training, not the look at the untrained model
+        self._agreed = self.elapsed_before
         stopped = self.out_of_time()
         while self.epoch < self.config.epochs and not stopped:
             self.batches.set_epoch(self.epoch)
@@ -417,6 +434,7 @@ class _Loop:
             self._train_step(batch)
             if self.step % self.check_every == 0:
                 self._check()
+                self._agree_on_time()
                 if bar is not None:
                     bar.set_postfix(loss=f"{self._last_total:.5g}", img_s=f"{self._rate():.0f}",
                                     refresh=False)
@@ -513,6 +531,7 @@ class _Loop:
     def _report(self, validate: bool) -> None:
         """Train means since the last report (+ validation at epoch ends) -> log and on_report."""
         self._check()  # waits for the device: the window's time below is the steps' own
+        self._agree_on_time()
         device = self._device_figures()
         if self.local_sgd:
             average_weights(self.model)  # one model to validate and checkpoint
@@ -534,12 +553,7 @@ class _Loop:
         if self.config.keep != "best":
             return
         value = metrics.get(f"val_{name}", math.nan)
-        if self.world_size > 1 and torch.distributed.is_initialized():
-            # every rank keeps the same weights: rank 0's validation decides
-            nccl = torch.distributed.get_backend() == "nccl"
-            t = torch.tensor([value], dtype=torch.float64, device=self.device if nccl else "cpu")
-            torch.distributed.broadcast(t, src=0)
-            value = float(t)
+        value = self._rank0_value(value)  # every rank keeps the same weights: rank 0's validation decides
         if not math.isfinite(value):
             return
         best = None if self.best is None else self.best["metrics"][f"val_{name}"]

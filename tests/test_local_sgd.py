@@ -44,6 +44,16 @@ def _run(rank: int, world: int, port: int, job: str, arg, out: str) -> None:
             except ValueError as e:
                 outcome = str(e)
             torch.save({"outcome": outcome}, f"{out}/rank{rank}.pt")
+        elif job == "clock":  # DDP under a time budget that ends the run, loss read every 4 steps
+            broadcasts = []
+            broadcast = dist.broadcast
+            dist.broadcast = lambda t, *a, **k: (broadcasts.append(t.numel()), broadcast(t, *a, **k))[1]
+            config = replace(FAST, epochs=10_000, max_minutes=0.04, check_every=4, val_every=10_000)
+            result = fit(VAE(TINY), VAEObjective(TINY), Cache.open(arg), config, rank=rank,
+                         world_size=world, wrap_model=torch.nn.parallel.DistributedDataParallel)
+            dist.broadcast = broadcast
+            torch.save({"model": result.model.state_dict(), "step": result.step,
+                        "broadcasts": len(broadcasts), "history": result.history}, f"{out}/rank{rank}.pt")
         else:
             torch.manual_seed(rank)  # different initial weights: the first average aligns them
             reports = []
@@ -96,3 +106,19 @@ def test_local_sgd_workers_end_with_one_model(tmp_path, cache_path):
 def test_local_sgd_refuses_a_ddp_wrapped_model(tmp_path, cache_path):
     for rank in _spawn(tmp_path, "ddp", cache_path):
         assert "sync_every=3 (local SGD) with a DDP-wrapped model" in rank["outcome"]
+
+
+def test_ranks_agree_on_the_time_budget_without_a_broadcast_every_step(tmp_path, cache_path):
+    """A broadcast makes every rank wait for its device (on GPUs, a pipeline drain), so the ranks
+    agree on the clock only where the loop reads the loss back: yet they stop at the same step and
+    follow the same time-based learning rate (DDP replicas with different rates would drift)."""
+    ranks = _spawn(tmp_path, "clock", cache_path)
+    steps = ranks[0]["step"]
+    assert steps == ranks[1]["step"]
+    assert 0 < steps < 10_000 * 3  # the budget, not the epochs, ended it
+    for key, value in ranks[0]["model"].items():
+        if key != "log_sigma":  # a buffer: each rank's running estimate, DDP copies rank 0's per forward
+            assert torch.equal(value, ranks[1]["model"][key]), key
+    for rank in ranks:  # one agreement per 4 steps, plus a few at the start, the reports and the end
+        assert rank["broadcasts"] <= steps // 4 + 6, (rank["broadcasts"], steps)
+    assert ranks[0]["history"][-1]["elapsed_s"] >= 0.04 * 60

@@ -165,3 +165,28 @@ def test_gradient_clipping_bounds_the_step_norm(cache, clip):
         assert max(objective.norms) <= clip * (1 + 1e-4)
     else:  # unclipped, the summed-pixel loss has norms far above it
         assert min(objective.norms) > 10 * 0.5
+
+
+class _SlowFirstLook(VAEObjective):
+    """Its first validation (of the untrained model) takes 1.5 s."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.looks = 0
+
+    def validate(self, model, batches):
+        self.looks += 1
+        if self.looks == 1:
+            import time
+
+            time.sleep(1.5)
+        return super().validate(model, batches)
+
+
+def test_the_time_budget_is_for_training_not_the_first_look_at_the_untrained_model(cache):
+    # a 1.2-second budget and a 1.5-second first validation: the budget still buys training steps
+    config = replace(FAST, epochs=10_000, max_minutes=0.02)
+    torch.manual_seed(0)
+    result = fit(VAE(TINY), _SlowFirstLook(TINY), cache, config)
+    assert result.step > 0
+    assert result.history[-1]["elapsed_s"] >= 0.02 * 60  # and it did end the run
