@@ -92,23 +92,33 @@ class Cache:
 
 
 def write_arrays(root: str | Path, images: np.ndarray, labels: np.ndarray, content_hash: str,
-                 val: int = 0, test: int = 0, **manifest) -> Path:
+                 val: int = 0, test: int = 0, split: np.ndarray | None = None,
+                 names: list[str] | None = None, **manifest) -> Path:
     """A cache folder from arrays already in memory (tests, benchmarks): images uint8 (N, 3, S, S),
     labels (N, 40) in {0, 1}; the last `test` rows form the test split, the `val` rows before them
-    the val split, the rest train. `prepare` is the way from photos; this is the way from pixels a
-    program made."""
+    the val split, the rest train; or `split` (N,) gives each row's split (0 train, 1 val, 2 test).
+    names: the rows' source file names (default 000000.jpg, ...). `prepare` is the way from photos;
+    this is the way from pixels a program made."""
     root = Path(root)
     n, size = len(images), images.shape[-1]
-    if val + test > n:
+    if split is not None:
+        split = np.asarray(split)
+        if split.shape != (n,) or (val or test) or not np.isin(split, list(SPLITS.values())).all():
+            raise ValueError(f"split: expected ({n},) values in 0/1/2 and no val/test counts, got "
+                             f"{split.shape} {np.unique(split)[:5]} with val={val}, test={test}")
+    elif val + test > n:
         raise ValueError(f"val={val} + test={test} rows: more than the {n} images")
-    split = np.zeros(n, np.uint8)
-    split[n - test - val: n - test] = SPLITS["val"]
-    split[n - test:] = SPLITS["test"]
+    else:
+        split = np.zeros(n, np.uint8)
+        split[n - test - val: n - test] = SPLITS["val"]
+        split[n - test:] = SPLITS["test"]
+    if names is not None and len(names) != n:
+        raise ValueError(f"names: {len(names)} names for {n} images")
     root.mkdir(parents=True, exist_ok=True)
     np.save(root / "images.npy", np.ascontiguousarray(images, dtype=np.uint8))
     np.save(root / "labels.npy", np.asarray(labels).astype(np.int8))
-    np.save(root / "split.npy", split)
-    (root / "names.txt").write_text("\n".join(f"{i:06d}.jpg" for i in range(n)))
+    np.save(root / "split.npy", split.astype(np.uint8))
+    (root / "names.txt").write_text("\n".join(names or [f"{i:06d}.jpg" for i in range(n)]))
     (root / "manifest.json").write_text(json.dumps({"format": CACHE_FORMAT, "size": size, "count": n,
                                                     "content_hash": content_hash, **manifest}))
     return root
