@@ -112,6 +112,12 @@ def plot(points: list[dict], path: Path, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _title(run: dict) -> str:
+    channels = "-".join(map(str, run["model"]["channels"]))
+    return (f"VAE {channels}, D = {run['model']['latent_dim']}, {run['images']:,} images seen per run, "
+            f"{run['device']}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cache", type=Path, help="a dataset cache (faceedit prepare); not with --replot")
@@ -157,12 +163,6 @@ def main() -> int:
     if args.plot is not None:
         plot(rows, args.plot, _title(head))
     return 0
-
-
-def _title(run: dict) -> str:
-    channels = "-".join(map(str, run["model"]["channels"]))
-    return (f"VAE {channels}, D = {run['model']['latent_dim']}, {run['images']:,} images seen per run, "
-            f"{run['device']}")
 
 
 if __name__ == "__main__":

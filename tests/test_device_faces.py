@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from faceedit.cache import Cache
+from faceedit.cache import Cache, to_float
 from faceedit.metrics import psnr
-from faceedit.cache import to_float
 from test_trainer import make_cache
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "device_faces.py"

@@ -1,6 +1,7 @@
 """The model-agnostic loop: it learns, stops on a non-finite loss, resumes exactly, shards rows."""
 
 import json
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,8 +178,6 @@ class _SlowFirstLook(VAEObjective):
     def validate(self, model, batches):
         self.looks += 1
         if self.looks == 1:
-            import time
-
             time.sleep(1.5)
         return super().validate(model, batches)
 
