@@ -172,14 +172,19 @@ def _add_exposure(p: argparse.ArgumentParser) -> None:
                    "without a login (only on a network you trust)")
 
 
-def _run_serve(args: argparse.Namespace) -> int:
+def _default_to_shipped(args: argparse.Namespace, doing: str) -> None:
+    """No --bundle and no --bank: the real-face model shipped with faceedit (faceedit/shipped.py)."""
     if args.bundle is None and args.bank is None:
         from faceedit.shipped import shipped_paths, shipped_record
 
         args.bundle, args.bank = shipped_paths()
         made = shipped_record()
-        print(f"serving the real-face model shipped with faceedit ({args.bundle.parent}; made by "
+        print(f"{doing} the real-face model shipped with faceedit ({args.bundle.parent}; made by "
               f"`{made['command']}` at {made['commit']}; CelebA: non-commercial research use only)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    _default_to_shipped(args, "serving")
     missing = [f"--{name} {path or '(not given)'}" for name, path in (("bundle", args.bundle), ("bank", args.bank))
                if path is None or not Path(path).is_dir()]
     if missing:
@@ -234,8 +239,9 @@ def _add_edit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--paste-mode", choices=("change", "face"), default="change", help="change: add "
                    "the edit's change to the photo, keeping its detail; face: blend in the decoded face "
                    "(default: change)")
-    p.add_argument("--bundle", type=Path, required=True, help="model bundle folder")
-    p.add_argument("--bank", type=Path, required=True, help="attribute bank folder (faceedit vectors)")
+    p.add_argument("--bundle", type=Path, default=None, help="model bundle folder (default, with no "
+                   "--bank either: the real-face model shipped with faceedit)")
+    p.add_argument("--bank", type=Path, default=None, help="attribute bank folder (faceedit vectors)")
     p.add_argument("--cache", type=Path, default=None, help="instead of a photo: faces of this cache's "
                    "val split (see --val-faces)")
     p.add_argument("--val-faces", type=int, nargs="+", default=[0], metavar="I",
@@ -271,6 +277,10 @@ def _run_edit(args: argparse.Namespace) -> int:
     if (args.strip is None) == (not args.sets):
         raise ValueError("give either --set ATTR=STRENGTH (one or more) or --strip ATTR")
     strengths = parse_strengths(args.sets)
+    _default_to_shipped(args, "editing with")
+    if args.bundle is None or args.bank is None:
+        raise ValueError("give both --bundle and --bank (a model and the bank built from it), or "
+                         "neither for the real-face model shipped with faceedit")
     bundle, bank = load_bundle(args.bundle), AttributeBank.load(args.bank)
     model = bundle.model
     if bank.dim != model.config.latent_dim:

@@ -78,3 +78,23 @@ def test_a_rendered_run_links_its_editor_to_the_shipped_model(monkeypatch):
         assert line in [b.value for b in page.blocks.values() if hasattr(b, "value") and isinstance(b.value, str)]
     finally:
         page.handlers.close()
+
+
+def test_edit_without_a_bundle_edits_with_the_shipped_model(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from faceedit.cli import main
+
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(photo)
+    out = tmp_path / "grid.png"
+    assert main(["edit", str(photo), "--centre-crop", "--set", "Smiling=1", "--out", str(out)]) == 0
+    assert "shipped with faceedit" in capsys.readouterr().out
+    width, height = Image.open(out).size
+    assert width >= 3 * 64 * 2 and height >= 64 * 2  # original | reconstruction | edit, 64x64 at x2
+    # one of the two is not a model: refused, naming both options
+    assert main(["edit", str(photo), "--centre-crop", "--set", "Smiling=1", "--out", str(out),
+                 "--bundle", str(shipped_paths()[0])]) == 2
+    assert "give both --bundle and --bank" in capsys.readouterr().err
