@@ -101,6 +101,7 @@ def test_the_judge_trains_on_ray_into_the_bundle_the_plain_loop_writes(tmp_path,
     from faceedit.judge import JudgeConfig, JudgeRecipe
     from faceedit.recipe import train_bundle
     from workers.cluster import ray_session
+    from workers.train import _start_autoscaling_coordinator
 
     for key, value in FAST_RAY_ENV.items():
         monkeypatch.setenv(key, value)
@@ -117,6 +118,12 @@ def test_the_judge_trains_on_ray_into_the_bundle_the_plain_loop_writes(tmp_path,
         assert {n["NodeManagerAddress"] for n in ray.nodes()} == {"127.0.0.1"}
         listening = listening_addresses(os.getpid())  # before any training: Ray's processes only
         assert listening and listening <= LOOPBACK, listening
+        # Ray Train's autoscaling coordinator, which its controller gives 5 s, is up before a run
+        coordinator = dict(name="AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+        with pytest.raises(ValueError):
+            ray.get_actor(**coordinator)
+        _start_autoscaling_coordinator()
+        ray.get(ray.get_actor(**coordinator).__ray_ready__.remote(), timeout=30)
         run = train_on_ray(cache, tmp_path / "ray", recipe, train, workers=1,
                            ray_config=RayConfig(storage=str(tmp_path / "storage"), cpus_per_worker=1))
         assert ray.is_initialized(), "train_on_ray shut down a Ray it did not start"

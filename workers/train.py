@@ -249,10 +249,29 @@ def scaling(placement: Placement):
             TorchConfig(backend="nccl" if placement.use_gpu else "gloo"))
 
 
+def _start_autoscaling_coordinator(timeout_s: float = 120.0) -> None:
+    """Start Ray's autoscaling-coordinator actor and wait until it answers.
+
+    Ray Train 2.60's controller registers the workers' resources with that actor, starting it on
+    first use, and gives each request 5 s; starting an actor on a busy machine takes longer (on
+    the 2-core CPU and on the H200 alike), and each timeout prints a traceback that is harmless
+    (nothing here autoscales) but reads like a failure. Started here first, it answers in time.
+    A Ray without that actor (another version) is left alone."""
+    import ray
+
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator)
+    except ImportError:
+        return
+    ray.get(get_or_create_autoscaling_coordinator().__ray_ready__.remote(), timeout=timeout_s)
+
+
 def _fit(spec: dict[str, Any], placement: Placement, config: RayConfig, name: str, storage: str):
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    _start_autoscaling_coordinator()
     scaling_config, torch_config = scaling(placement)
     trainer = TorchTrainer(
         _train_worker,
