@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# On the lent GPU machine, the last call of the 128x128 plan (BENCHMARKS.md, "On the next lent GPU"):
-# once .faces/ holds every part, unpack the real faces at 128x128, fit PCA (D = 128) on the CPU while
-# the gpu-128 profile's VAE trains on the GPU (the plain loop, its settings in faceedit/pipeline.py,
-# MINUTES minutes), and
-# bring the logs, metrics and reconstructions back to $OUT.
+# On the lent GPU machine, the 128x128 quality run (BENCHMARKS.md, "128x128 on the H200"): once
+# .faces/ holds every part (scripts/device_faces.py pack, carried a part per call), unpack the real
+# faces at 128x128, fit PCA (D = 128) on the CPU while the gpu-128 profile's VAE trains on the GPU
+# (the plain loop with that profile's settings, faceedit/pipeline.py, for MINUTES minutes), and
+# bring the logs, the metrics and the last reconstructions back to $OUT.
 #
 #     bash scripts/device_128.sh [MINUTES] [DEVICE]     # default 3, cuda
 set -euo pipefail
