@@ -156,9 +156,6 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         if args.out is not None:
-            head = {"cache": str(args.cache), "images": args.images, "batch": args.batch, "lr": args.lr,
-                    "model": dataclasses.asdict(model_config), "torch": torch.__version__,
-                    "device": args.device, "threads": args.threads}
             atomic_write_text(args.out, json.dumps({**head, "points": rows}, indent=1))
     if args.plot is not None:
         plot(rows, args.plot, _title(head))

@@ -265,12 +265,6 @@ def encode_and_reconstruct(model: LatentModel, judge: Scorer, x_of: Callable[[np
 
 # ---------------------------------------------------------------------------- the numbers
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    from scipy.special import expit  # no overflow for large |x|
-
-    return expit(x)
-
-
 @dataclass(frozen=True)
 class EditScores:
     """What the judge said about one (attribute, method, alpha) edit of B faces."""
@@ -320,6 +314,8 @@ def edit_stats(attr: str, alpha: float, scores: EditScores, *, sd: np.ndarray,
     sd (40,) the logit standard deviations over the originals (the unit of leakage); can_judge (40,)
     bool; feature_scale: the median feature distance between two faces' reconstructions.
     """
+    from scipy.special import expit as sigmoid  # no overflow for large |x|
+
     edited, rec, orig = scores.edited, scores.rec, scores.orig
     k = attribute_index(attr)
     target = alpha > 0

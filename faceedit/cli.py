@@ -266,21 +266,19 @@ def _add_edit(p: argparse.ArgumentParser) -> None:
 
 def _run_edit(args: argparse.Namespace) -> int:
     import torch
+    from PIL import Image
 
     from faceedit.bank import AttributeBank, check_built_from
     from faceedit.bundle import load_bundle
-    from PIL import Image
-
     from faceedit.edit import edit, image_bytes, image_format, image_grid, parse_strengths, strip
     from faceedit.files import atomic_write_bytes
+    from faceedit.shipped import model_or_shipped
 
     if (args.strip is None) == (not args.sets):
         raise ValueError("give either --set ATTR=STRENGTH (one or more) or --strip ATTR")
     strengths = parse_strengths(args.sets)
     _default_to_shipped(args, "editing with")
-    if args.bundle is None or args.bank is None:
-        raise ValueError("give both --bundle and --bank (a model and the bank built from it), or "
-                         "neither for the real-face model shipped with faceedit")
+    args.bundle, args.bank = model_or_shipped(args.bundle, args.bank)  # one of the two alone: refused
     bundle, bank = load_bundle(args.bundle), AttributeBank.load(args.bank)
     model = bundle.model
     if bank.dim != model.config.latent_dim:

@@ -128,19 +128,13 @@ def write_map_for_cache(log_dir: str | Path, cache, attribute: str,
     return write_map(log_dir, cache.labels[cache.indices("val")], attribute, out_dir)
 
 
-def draw_if_recorded(log_dir: str | Path | None, cache, attribute: str) -> CodeMap | None:
-    """After training (a recipe's `finish`): the map of a run whose log holds recorded codes, or
-    None when there is no log, no record or no attribute ("" turns the map off)."""
+def draw_for_bundle(log_dir: str | Path | None, cache, attribute: str) -> dict[str, Any]:
+    """After training (a recipe's `finish`): draw the map of a run whose log holds recorded codes
+    and return what the bundle's config.json keeps of it, so the audit report can show the map of
+    the model it audits; {} when there is no log, no record or no attribute ("" turns it off)."""
     if log_dir is None or not attribute or not any((Path(log_dir) / "records").glob("codes_e*.npy")):
-        return None
-    return write_map_for_cache(log_dir, cache, attribute)
-
-
-def bundle_record(codemap: CodeMap | None) -> dict[str, Any]:
-    """What a bundle's config.json keeps of its training run's map ({} when none was drawn), so the
-    audit report can show the map of the model it audits."""
-    if codemap is None:
         return {}
+    codemap = write_map_for_cache(log_dir, cache, attribute)
     return {"codemap": {"gif": str(codemap.gif), "final": str(codemap.final),
                         "attribute": codemap.attribute, "epochs": len(codemap.epochs),
                         "faces": codemap.faces}}

@@ -10,8 +10,8 @@ two codes dips inside it, while the great-circle path keeps the norm.
 from __future__ import annotations
 
 import io
-from pathlib import Path
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np

@@ -107,7 +107,7 @@ def claim_dir(path: str | Path) -> None:
 
 
 def _write_marker(folder: Path, entries: list[str]) -> None:
-    (folder / MARKER).write_text(json.dumps({"written_by": "faceedit", "entries": entries}) + "\n")
+    atomic_write_text(folder / MARKER, json.dumps({"written_by": "faceedit", "entries": entries}) + "\n")
 
 
 def _marked(folder: Path) -> set[str]:
@@ -138,8 +138,7 @@ def check_files_writable(folder: str | Path, names: list[str], what: str = "--ou
 def record_written(folder: str | Path, names: list[str]) -> None:
     """Add `names` to `folder`'s marker: files faceedit wrote there, so a later run may replace them."""
     folder = Path(folder)
-    entries = sorted(_marked(folder) | set(names))
-    atomic_write_text(folder / MARKER, json.dumps({"written_by": "faceedit", "entries": entries}) + "\n")
+    _write_marker(folder, sorted(_marked(folder) | set(names)))
 
 
 def clean_stale(path: Path) -> list[Path]:

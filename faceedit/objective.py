@@ -146,9 +146,9 @@ class VAERecipe:
         check_image_size(cache, self.config.image_size, "model")
 
     def finish(self, model: VAE, cache: Cache, log_dir: Path | None) -> dict[str, Any]:
-        from faceedit.codemap import bundle_record, draw_if_recorded
+        from faceedit.codemap import draw_for_bundle
 
         record = {"prior": fit_prior(model, cache, log_dir)}
         # figures/codemap.gif in the log; the bundle points to it, so the audit report shows it
-        record.update(bundle_record(draw_if_recorded(log_dir, cache, self.map_attribute)))
+        record.update(draw_for_bundle(log_dir, cache, self.map_attribute))
         return record

@@ -27,6 +27,17 @@ def shipped_paths() -> tuple[Path, Path]:
     return bundle, bank
 
 
+def model_or_shipped(bundle: str | Path | None, bank: str | Path | None) -> tuple[Path, Path]:
+    """The (bundle, bank) a command was given, or the shipped model's when neither was; one alone is
+    refused (a bank belongs to the model it was built from)."""
+    if bundle is None and bank is None:
+        return shipped_paths()
+    if bundle is None or bank is None:
+        raise ValueError("give both --bundle and --bank (a model and the bank built from it), or "
+                         "neither for the real-face model shipped with faceedit")
+    return Path(bundle), Path(bank)
+
+
 def shipped_record() -> dict:
     """How the shipped model was made: its config.json's "shipped" section."""
     bundle, _ = shipped_paths()

@@ -11,6 +11,7 @@ rendered, for comparison.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
@@ -60,8 +61,6 @@ def main() -> None:
         for j, r in enumerate(rows):
             sheet.paste(r[k], (x, 18 + j * (H + 6)))
         x += widths[k] + 6
-    import io
-
     buf = io.BytesIO()
     sheet.save(buf, format="PNG", optimize=True)
     atomic_write_bytes(args.out, buf.getvalue())

@@ -20,7 +20,6 @@ import argparse
 import hashlib
 import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from faceedit.cache import SPLITS, Cache, write_arrays  # noqa: E402
-from faceedit.files import atomic_write_bytes, atomic_write_json  # noqa: E402
+from faceedit.files import atomic_dir, atomic_write_bytes, atomic_write_json  # noqa: E402
 
 
 def _webp(face: np.ndarray, quality: int | None) -> bytes:
@@ -106,13 +105,9 @@ def unpack(packed: Path, cache_out: Path) -> Path:
     if len(position) != n:
         raise ValueError(f"{packed}: {len(position)} faces in the parts, {plan_file} says {n}")
     digest = hashlib.sha256(images.tobytes() + labels.tobytes() + split.tobytes()).hexdigest()
-    tmp = cache_out.with_name(cache_out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_arrays(tmp, images, labels, f"sha256:{digest}", split=split, names=plan["names"],
-                 source=f"{plan['source']} ({plan['source_hash']}) as WebP {plan['quality']}")
-    if cache_out.exists():
-        shutil.rmtree(cache_out)
-    tmp.rename(cache_out)
+    with atomic_dir(cache_out) as tmp:  # replaces only a folder faceedit wrote, else OutputExists
+        write_arrays(tmp, images, labels, f"sha256:{digest}", split=split, names=plan["names"],
+                     source=f"{plan['source']} ({plan['source_hash']}) as WebP {plan['quality']}")
     return cache_out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from faceedit.cache import Cache, to_float
+from faceedit.files import OutputExists
 from faceedit.metrics import psnr
 from test_trainer import make_cache
 
@@ -38,6 +39,13 @@ def test_lossless_parts_give_back_the_same_cache(source, tmp_path):
     assert np.array_equal(back.images, source.images)
     assert np.array_equal(back.labels, source.labels) and np.array_equal(back.split, source.split)
     assert back.names == source.names
+    faces.unpack(tmp_path / "packed", tmp_path / "back")  # its own earlier output: replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    with pytest.raises(OutputExists, match="mine"):
+        faces.unpack(tmp_path / "packed", mine)
+    assert (mine / "notes.txt").read_text() == "a user's file"
 
 
 def test_lossy_train_and_val_only(source, tmp_path):

@@ -160,13 +160,13 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.83, help="where to drag it: 0 = -3, 1 = +3")
     args = p.parse_args()
     from faceedit.editor import Editor
-    from faceedit.shipped import shipped_paths
+    from faceedit.shipped import model_or_shipped
     from ui.app import launch
 
-    if args.bundle is None and args.bank is None:
-        args.bundle, args.bank = shipped_paths()
-    elif args.bundle is None or args.bank is None:
-        p.error("give both --bundle and --bank, or neither (the shipped model)")
+    try:
+        args.bundle, args.bank = model_or_shipped(args.bundle, args.bank)
+    except ValueError as e:
+        p.error(str(e))
     demo = launch(Editor.load(args.bundle, args.bank), port=free_port(), block=False, quiet=True)
     try:
         with tempfile.TemporaryDirectory() as tmp:
